@@ -1,0 +1,180 @@
+"""The plugin host: a pluggy PluginManager fed from the ``qsgt_plugin`` entry-point group.
+
+The built-in quantizers and models are plugins too (``pyproject.toml`` declares them), so a
+third-party package stands on the same footing as this one. :class:`Registry` collects what the
+plugins register; :func:`get_registry` holds the process-wide one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable
+from importlib.metadata import entry_points
+
+import pluggy
+import timm.models
+from torch import nn
+
+from qsgt_plugin import hookspecs
+from qsgt_plugin.quant.method import QuantMethod, WeightQuantizer
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "PluginError",
+    "Registry",
+    "get_registry",
+    "list_methods",
+    "list_models",
+    "make_plugin_manager",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+# Entry-point name -> module, as declared in pyproject.toml.
+BUILTIN_PLUGINS = {
+    "builtin_quant": "qsgt_plugin.quant.builtin",
+    "resnet_cifar": "qsgt_plugin.models.resnet_cifar",
+}
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load or registered something that clashes."""
+
+
+def make_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A new PluginManager with the hook specifications and, by default, every installed plugin.
+
+    Args:
+        load_entry_points: load the ``qsgt_plugin`` entry-point group. When this package is
+            used from a source tree without being installed its own entry points do not exist;
+            the built-in plugins are then registered directly, with a warning.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    if load_entry_points:
+        _load_entry_points(pm, entry_points(group=ENTRY_POINT_GROUP))
+        missing = [name for name in BUILTIN_PLUGINS if not pm.has_plugin(name)]
+        if missing:
+            log.warning(
+                "qsgt-plugin's entry points are not installed (missing %s); registering the "
+                "built-in plugins directly. Run `pip install -e .` in the source tree.",
+                ", ".join(missing),
+            )
+            for name in missing:
+                pm.register(importlib.import_module(BUILTIN_PLUGINS[name]), name=name)
+    return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager, eps: Iterable) -> None:
+    # One pluggy call per entry point, so that a plugin that fails to import can be named.
+    for ep in eps:
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+        except Exception as exc:
+            dist = ep.dist.name if ep.dist is not None else "an unknown distribution"
+            raise PluginError(
+                f"plugin {ep.name!r} ({ep.value}, from {dist}) failed to import: {exc}. "
+                f"Fix or uninstall {dist}."
+            ) from exc
+
+
+class Registry:
+    """Quantization methods, weight quantizers and models registered by a PluginManager's plugins.
+
+    Each registration hook is called once per plugin, so a clash names both plugins.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.methods: dict[str, QuantMethod] = {}
+        self.weight_quantizers: dict[str, WeightQuantizer] = {}
+        self.models: dict[str, Callable[..., nn.Module]] = {}
+        self._owner: dict[tuple[str, str], str] = {}
+        self._collect("register_quant_methods", "quantization method", self._add_method)
+        self._collect("register_weight_quantizers", "weight quantizer", self._add_weight_quantizer)
+        self._collect("register_models", "model", self._add_model)
+
+    def _collect(self, hook_name: str, kind: str, add: Callable[[str, object, str], None]) -> None:
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+
+            def register(item: object, _plugin: str = impl.plugin_name) -> None:
+                name = _item_name(item, kind)
+                previous = self._owner.get((kind, name))
+                if previous is not None:
+                    raise PluginError(
+                        f"{kind} {name!r} is registered twice: by plugin {previous!r} and by "
+                        f"plugin {_plugin!r}. Rename one of them."
+                    )
+                add(name, item, _plugin)
+                self._owner[(kind, name)] = _plugin
+
+            impl.function(register=register)
+
+    def _add_method(self, name: str, method: object, plugin: str) -> None:
+        if not isinstance(method, QuantMethod):
+            raise PluginError(f"plugin {plugin!r} registered {method!r}, not a QuantMethod")
+        self.methods[name] = method
+
+    def _add_weight_quantizer(self, name: str, quantizer: object, plugin: str) -> None:
+        if not isinstance(quantizer, WeightQuantizer):
+            raise PluginError(f"plugin {plugin!r} registered {quantizer!r}, not a WeightQuantizer")
+        self.weight_quantizers[name] = quantizer
+
+    def _add_model(self, name: str, fn: object, plugin: str) -> None:
+        if not callable(fn):
+            raise PluginError(f"plugin {plugin!r} registered {fn!r} as a model, not a function")
+        if timm.models.is_model(name):
+            if timm.models.model_entrypoint(name) is not fn:
+                raise PluginError(
+                    f"model {name!r} from plugin {plugin!r} clashes with a model of the same name "
+                    "already in timm's registry. Rename it."
+                )
+        else:
+            timm.models.register_model(fn)
+        self.models[name] = fn
+
+    def method(self, name: str) -> QuantMethod:
+        """The quantization method ``name``; ``ValueError`` listing the known ones otherwise."""
+        return _lookup(self.methods, name, "quantization method")
+
+    def weight_quantizer(self, name: str) -> WeightQuantizer:
+        """The weight quantizer ``name``; ``ValueError`` listing the known ones otherwise."""
+        return _lookup(self.weight_quantizers, name, "weight quantizer")
+
+
+def _item_name(item: object, kind: str) -> str:
+    name = getattr(item, "name", None) if kind != "model" else getattr(item, "__name__", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"a plugin registered a {kind} without a name: {item!r}")
+    return name
+
+
+def _lookup(table: dict, name: str, kind: str):
+    try:
+        return table[name]
+    except KeyError:
+        known = ", ".join(sorted(table)) or "none"
+        raise ValueError(f"unknown {kind} {name!r}; known: {known}") from None
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built from the installed plugins on first use."""
+    global _registry
+    if _registry is None:
+        _registry = Registry(make_plugin_manager())
+    return _registry
+
+
+def list_methods() -> list[str]:
+    """Names of every registered quantization method."""
+    return sorted(get_registry().methods)
+
+
+def list_models() -> list[str]:
+    """Names of every model registered by a plugin (all are also in timm's registry)."""
+    return sorted(get_registry().models)

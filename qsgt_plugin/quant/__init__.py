@@ -1,0 +1,23 @@
+"""Quantization: PACT activation and DoReFa / integer weight injectors, and ``convert()``."""
+
+from qsgt_plugin.quant.convert import ConversionSummary, QuantizationWarning, convert
+from qsgt_plugin.quant.method import QuantMethod, WeightQuantizer
+from qsgt_plugin.quant.pact import PACTActPerTensorFloat, PACTLSQActPerTensorFloat, pact_quantize
+from qsgt_plugin.quant.state import alphas, quantization_disabled
+from qsgt_plugin.quant.weight import DoReFaWeightPerTensorFloat, IntWeightPerChannelFloat, dorefa
+
+__all__ = [
+    "ConversionSummary",
+    "DoReFaWeightPerTensorFloat",
+    "IntWeightPerChannelFloat",
+    "PACTActPerTensorFloat",
+    "PACTLSQActPerTensorFloat",
+    "QuantMethod",
+    "QuantizationWarning",
+    "WeightQuantizer",
+    "alphas",
+    "convert",
+    "dorefa",
+    "pact_quantize",
+    "quantization_disabled",
+]

@@ -1,0 +1,281 @@
+"""``convert()``: quantize any float CNN with a registered method (PACT by default)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from qsgt_plugin.quant.layers import (
+    ACTIVATIONS,
+    WEIGHT_LAYERS,
+    CallSiteActivation,
+    is_quant_layer,
+    quant_act,
+    quant_weight_layer,
+)
+from qsgt_plugin.quant.method import QuantMethod
+from qsgt_plugin.quant.trace import example_input, trace_calls
+
+if TYPE_CHECKING:
+    from qsgt_plugin.plugins import Registry
+
+__all__ = ["MAX_BITS", "MIN_BITS", "ConversionSummary", "QuantizationWarning", "convert"]
+
+MIN_BITS, MAX_BITS = 2, 8
+OVERRIDE_KEYS = ("weight_bits", "act_bits")
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+class QuantizationWarning(UserWarning):
+    """Some layers of a converted model stay in floating point."""
+
+
+@dataclass
+class ConversionSummary:
+    """What ``convert`` did, layer by layer (``qmodel.qsgt_summary``).
+
+    Attributes:
+        method, weight_quant: names of the activation method and weight quantizer.
+        quantized: layer name -> ``"Conv2d w4"``, ``"ReLU a4"``, ``"ReLU a4 x2 call sites"``.
+        kept_float: layers left float by the first/last policy or an override.
+        unquantized: layers ``convert`` cannot quantize (GELU, SiLU, Conv2d subclasses, ...).
+    """
+
+    method: str
+    weight_quant: str
+    quantized: dict[str, str] = field(default_factory=dict)
+    kept_float: dict[str, str] = field(default_factory=dict)
+    unquantized: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"method={self.method} weight_quant={self.weight_quant}"]
+        for title, table in (
+            ("quantized", self.quantized),
+            ("kept float", self.kept_float),
+            ("not quantized", self.unquantized),
+        ):
+            lines += [f"{title} ({len(table)}):"] + [f"  {k}: {v}" for k, v in table.items()]
+        return "\n".join(lines)
+
+
+def convert(
+    model: nn.Module,
+    bits: int = 4,
+    *,
+    method: str | QuantMethod = "pact",
+    weight_bits: int | None = None,
+    act_bits: int | None = None,
+    weight_quant: str | None = None,
+    first_last_bits: int | None = 8,
+    overrides: dict[str, dict[str, int | None] | None] | None = None,
+    alpha_init: float = 10.0,
+    example_inputs: Tensor | tuple | None = None,
+    inplace: bool = False,
+    registry: Registry | None = None,
+) -> nn.Module:
+    """Quantize a float model: Conv/Linear weights and ReLU/ReLU6 activations.
+
+    Each ReLU/ReLU6 call site gets its own activation quantizer (``alpha`` for PACT), even when
+    the float model calls one module at several places. BatchNorm stays for training.
+
+    Args:
+        model: any ``nn.Module`` (timm, torchvision, your own).
+        bits: default bit width of weights and activations, 2..8.
+        method: registered activation method (``qsgt_plugin.list_methods()``) or a QuantMethod.
+        weight_bits, act_bits: override ``bits`` for weights / activations.
+        weight_quant: registered weight quantizer; the method's default when None.
+        first_last_bits: weight bits of the first and last weight layers in execution order;
+            None keeps them float (PACT Table 1).
+        overrides: ``{pattern: {"weight_bits": k, "act_bits": k}}`` by module name
+            (``fnmatch``; later patterns win); a value None, or ``{pattern: None}``, keeps float.
+        alpha_init: initial clipping level of every activation.
+        example_inputs: input for the dry run that finds call sites; guessed when None.
+        inplace: modify ``model`` itself instead of a copy.
+        registry: where names are resolved; the installed plugins' when None.
+
+    Returns:
+        The converted model, with a :class:`ConversionSummary` as ``.qsgt_summary``.
+
+    Raises:
+        ValueError: bits outside 2..8, an unknown method or weight quantizer, a bad override or
+            one that matches no layer, an already converted model.
+    """
+    if registry is None:
+        from qsgt_plugin.plugins import get_registry
+
+        registry = get_registry()
+    weight_bits = _check_bits("weight_bits", bits if weight_bits is None else weight_bits)
+    act_bits = _check_bits("act_bits", bits if act_bits is None else act_bits)
+    first_last_bits = _check_bits("first_last_bits", first_last_bits, allow_none=True)
+    overrides = _check_overrides(overrides)
+    if not isinstance(method, QuantMethod):
+        method = registry.method(method)
+    wq = registry.weight_quantizer(weight_quant or method.weight_quant)
+    if not alpha_init > 0:
+        raise ValueError(f"alpha_init must be positive, got {alpha_init}")
+    if any(is_quant_layer(m) for m in model.modules()):
+        raise ValueError("model already contains Brevitas quant layers; convert a float model")
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    names = _names_by_module(model)
+    inputs = example_input(model) if example_inputs is None else example_inputs
+    trace = trace_calls(model, inputs, (*WEIGHT_LAYERS, *ACTIVATIONS))
+    executed = [m for m in trace.order if type(m) in WEIGHT_LAYERS]
+    ends = {id(executed[0]), id(executed[-1])} if executed else set()
+
+    summary = ConversionSummary(method.name, wq.name)
+    matched: set[str] = set()
+    for module in _unique_modules(model):
+        mnames = names[id(module)]
+        label = mnames[0] or "<root>"
+        kind = type(module).__name__
+        if type(module) in WEIGHT_LAYERS:
+            default = first_last_bits if id(module) in ends else weight_bits
+            wbits = _resolve(overrides, mnames, "weight_bits", default, matched)
+            if wbits is None:
+                summary.kept_float[label] = kind
+                continue
+            new = quant_weight_layer(module, wq.weight_quant.let(bit_width=wbits))
+            summary.quantized[label] = f"{kind} w{wbits}"
+        elif type(module) in ACTIVATIONS:
+            abits = _resolve(overrides, mnames, "act_bits", act_bits, matched)
+            if abits is None:
+                summary.kept_float[label] = kind
+                continue
+            act_quant = method.act_quant.let(bit_width=abits, alpha_init=float(alpha_init))
+            n_sites = trace.calls[id(module)]
+            summary.quantized[label] = f"{kind} a{abits}"
+            if n_sites > 1:
+                new = CallSiteActivation(quant_act(module, act_quant) for _ in range(n_sites))
+                _owner(model, mnames).register_forward_pre_hook(new.reset_call_sites)
+                summary.quantized[label] += f" x{n_sites} call sites"
+            else:
+                new = quant_act(module, act_quant)
+        else:
+            reason = _unsupported(module)
+            if reason:
+                summary.unquantized[label] = reason
+            continue
+        model = _replace(model, mnames, new)
+
+    unmatched = [p for p in overrides if p not in matched]
+    if unmatched:
+        sample = ", ".join(list(summary.quantized)[:6])
+        raise ValueError(
+            f"override pattern(s) {unmatched} match no Conv/Linear/ReLU layer; "
+            f"layer names look like: {sample}"
+        )
+    if summary.unquantized:
+        listed = ", ".join(f"{k} ({v})" for k, v in summary.unquantized.items())
+        warnings.warn(
+            f"convert(): {len(summary.unquantized)} layer(s) stay float: {listed}. "
+            "See qmodel.qsgt_summary.",
+            QuantizationWarning,
+            stacklevel=2,
+        )
+    model.qsgt_summary = summary
+    return model
+
+
+def _check_bits(name: str, value: Any, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+        allowed = f"an integer {MIN_BITS}..{MAX_BITS}" + (" or None (float)" if allow_none else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def _check_overrides(overrides: Any) -> dict[str, dict[str, int | None] | None]:
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict of pattern -> settings, got {overrides!r}")
+    for pattern, setting in overrides.items():
+        if setting is None:
+            continue
+        if not isinstance(setting, dict):
+            raise ValueError(
+                f"overrides[{pattern!r}] must be a dict with keys {OVERRIDE_KEYS} or None, "
+                f"got {setting!r}"
+            )
+        for key, value in setting.items():
+            if key not in OVERRIDE_KEYS:
+                raise ValueError(
+                    f"overrides[{pattern!r}] has unknown key {key!r}; allowed: {OVERRIDE_KEYS}"
+                )
+            _check_bits(f"overrides[{pattern!r}][{key!r}]", value, allow_none=True)
+    return overrides
+
+
+def _resolve(overrides: dict, names: list[str], key: str, default: int | None, matched: set):
+    value = default
+    for pattern, setting in overrides.items():
+        if any(fnmatchcase(n, pattern) for n in names):
+            matched.add(pattern)
+            if setting is None:
+                value = None
+            elif key in setting:
+                value = setting[key]
+    return value
+
+
+def _names_by_module(model: nn.Module) -> dict[int, list[str]]:
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return names
+
+
+def _unique_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules to visit, without descending into ones that will be replaced."""
+    out, stack, seen = [], [model], set()
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        out.append(module)
+        if type(module) not in WEIGHT_LAYERS and type(module) not in ACTIVATIONS:
+            stack.extend(reversed(list(module.children())))
+    return out
+
+
+def _owner(model: nn.Module, names: list[str]) -> nn.Module:
+    """The innermost module whose forward encloses every call of a module with these names."""
+    parents = [n.split(".")[:-1] for n in names]
+    common = []
+    for parts in zip(*parents, strict=False):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return model.get_submodule(".".join(common))
+
+
+def _replace(model: nn.Module, names: list[str], new: nn.Module) -> nn.Module:
+    for name in names:
+        if not name:
+            return new
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, new)
+    return model
+
+
+def _unsupported(module: nn.Module) -> str | None:
+    """Why a module that looks quantizable stays float; None for containers, norms, pools."""
+    kind = type(module).__name__
+    if isinstance(module, tuple(WEIGHT_LAYERS)):
+        return f"{kind}: subclass of {type(module).__mro__[1].__name__} with its own forward"
+    origin = type(module).__module__
+    if origin == "torch.nn.modules.activation" or origin.startswith("timm.layers.activations"):
+        return f"{kind}: no quantized form of this activation"
+    own_params = any(True for _ in module.parameters(recurse=False))
+    if own_params and not isinstance(module, _NORMS):
+        return f"{kind}: layer type not supported"
+    return None

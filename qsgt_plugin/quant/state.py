@@ -1,0 +1,51 @@
+"""Reading and toggling the quantization state of a converted model."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from brevitas.nn.quant_layer import QuantNonLinearActLayer
+from torch import nn
+
+with warnings.catch_warnings():
+    # brevitas.graph warns at import about an optional CUDA kernel package it does not need here.
+    warnings.filterwarnings("ignore", message="fast_hadamard_transform")
+    from brevitas.graph.calibrate import quantization_status_manager
+
+__all__ = ["alphas", "quantization_disabled"]
+
+
+def alphas(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every activation clipping level ``alpha`` of a converted model, by activation layer name.
+
+    Works for any registered method whose activation quantizer learns one scalar (PACT's
+    ``alpha``, Brevitas' learned scale). Use it for the optimizer's weight-decay group
+    (PACT's L2 on ``alpha``) and for logging.
+
+    Example::
+
+        >>> qmodel = qsgt_plugin.convert(timm.create_model("resnet20"), bits=4)
+        >>> opt = torch.optim.SGD([{"params": list(alphas(qmodel).values())}, ...])
+    """
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantNonLinearActLayer):
+            scalars = [p for p in module.act_quant.parameters() if p.dim() == 0]
+            if scalars:
+                out[name] = scalars[0]
+    return out
+
+
+@contextmanager
+def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a converted model as its float version, without a copy (Brevitas' status manager).
+
+    Weights, activations and biases are not quantized inside the block; the float activation
+    functions still apply, so the outputs equal those of the model before ``convert``.
+    """
+    with quantization_status_manager(
+        model, disable_act_quant=True, disable_weight_quant=True, disable_bias_quant=True
+    ):
+        yield model
