@@ -100,3 +100,19 @@ def test_works_inside_brevitas_own_layers():
         act(torch.tensor([-1.0, 0.3, 0.5, 2.0])),
         formula(torch.tensor([-1.0, 0.3, 0.5, 2.0]), 1.0, 2),
     )
+
+
+@pytest.mark.parametrize("injector", [PACTActPerTensorFloat, PACTLSQActPerTensorFloat])
+def test_an_optimizer_built_before_load_state_dict_still_trains_alpha(injector):
+    act = make_act(injector, alpha=10.0)
+    (alpha,) = alphas(torch.nn.Sequential(act)).values()
+    opt = torch.optim.SGD([alpha], lr=1.0)
+    source = make_act(injector, alpha=10.0)
+    with torch.no_grad():
+        next(iter(alphas(torch.nn.Sequential(source)).values())).fill_(2.0)
+    act.load_state_dict(source.state_dict())
+    assert next(iter(alphas(torch.nn.Sequential(act)).values())) is alpha
+    assert alpha.item() == 2.0
+    act(torch.tensor([5.0, 6.0])).sum().backward()  # both clipped: d/d alpha = 2 (exact PACT)
+    opt.step()
+    assert alpha.item() < 2.0

@@ -26,8 +26,10 @@ Both read ``bit_width`` and ``alpha_init`` (default 10.0, the paper's initial va
 from __future__ import annotations
 
 import torch
+from brevitas import config as brevitas_config
 from brevitas.core.utils import StatelessBuffer
 from brevitas.inject import ExtendedInjector, this
+from brevitas.proxy import ActQuantProxyFromInjector
 from brevitas.quant.base import UintQuant
 from brevitas.quant.scaled_int import Uint8ActPerTensorFloatMaxInit
 from brevitas.quant.solver.act import ActQuantSolver
@@ -40,6 +42,7 @@ __all__ = [
     "PACTQuant",
     "PACTReLU",
     "PACTReLU6",
+    "StableActQuantProxy",
     "pact_quantize",
 ]
 
@@ -52,16 +55,35 @@ class _PACTFunction(torch.autograd.Function):
         ctx.save_for_backward(x, alpha)
         # round(clip(x, 0, alpha) * n / alpha) * alpha / n, in the order of Brevitas' integer
         # quantizer so that both injectors agree bit for bit.
+        # In-place steps on the one intermediate: activations are the largest tensors here.
         scale = alpha / levels
-        return torch.clamp(torch.round(x / scale), 0, levels) * scale
+        return (x / scale).round_().clamp_(0, levels).mul_(scale)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         x, alpha = ctx.saved_tensors
+        grad_x = grad_alpha = None
+        if x.device.type == "cpu" and alpha.numel() == 1:
+            # Boolean masks are slow on the CPU; the fused backward kernels of hardtanh and
+            # threshold select the same elements (reading alpha costs no device sync here).
+            a = alpha.item()
+            if ctx.needs_input_grad[0]:  # 0 <= x < alpha
+                grad_x = torch.ops.aten.hardtanh_backward(grad, x, -_tiny(x), a)
+            if ctx.needs_input_grad[1]:  # x >= alpha, i.e. x > the float just below alpha
+                below = torch.nextafter(alpha, alpha.new_tensor(-torch.inf)).item()
+                grad_alpha = torch.ops.aten.threshold_backward(grad, x, below).sum().view_as(alpha)
+            return grad_x, grad_alpha, None
         clipped = x >= alpha
-        grad_x = grad * ((x >= 0) & ~clipped).to(grad.dtype)
-        grad_alpha = (grad * clipped.to(grad.dtype)).sum_to_size(alpha.shape)
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.where((x >= 0) & ~clipped, grad, 0.0)
+        if ctx.needs_input_grad[1]:  # not needed by input-gradient (saliency) passes
+            grad_alpha = torch.where(clipped, grad, 0.0).sum_to_size(alpha.shape)
         return grad_x, grad_alpha, None
+
+
+def _tiny(x: Tensor) -> float:
+    """A threshold t with ``x > -t`` exactly when ``x >= 0`` (up to negative denormals)."""
+    return torch.finfo(x.dtype).tiny
 
 
 def pact_quantize(x: Tensor, alpha: Tensor, bit_width: int | Tensor) -> Tensor:
@@ -117,6 +139,23 @@ class PACTQuant(nn.Module):
         return y, scale, self.zero_point(), bit_width
 
 
+class _ClosedClamp(torch.autograd.Function):
+    """``clamp(x, 0, upper)`` whose gradient is 1 on the closed-open interval ``[0, upper)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, upper: float | None) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.upper = upper
+        return x.clamp(min=0) if upper is None else x.clamp(min=0, max=upper)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        if ctx.upper is None:  # x >= 0
+            return torch.ops.aten.threshold_backward(grad, x, -_tiny(x)), None
+        return torch.ops.aten.hardtanh_backward(grad, x, -_tiny(x), ctx.upper), None
+
+
 class PACTReLU(nn.Module):
     """ReLU with PACT's boundary convention: the same values, gradient 1 at ``x = 0``."""
 
@@ -124,7 +163,7 @@ class PACTReLU(nn.Module):
         super().__init__()
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.where(x >= 0, x, 0.0)
+        return _ClosedClamp.apply(x, None)
 
 
 class PACTReLU6(nn.Module):
@@ -134,12 +173,31 @@ class PACTReLU6(nn.Module):
         super().__init__()
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.where(x >= 0, x, 0.0).clamp(max=6.0)
+        return _ClosedClamp.apply(x, 6.0)
+
+
+class StableActQuantProxy(ActQuantProxyFromInjector):
+    """Brevitas' activation proxy that keeps its quantizer across ``load_state_dict``.
+
+    Brevitas re-creates a proxy's quantizer (and so its ``alpha`` parameter) whenever a state
+    dict is loaded, which silently detaches the parameter from any optimizer built before the
+    load. A learned clipping level has nothing to re-derive from the loaded weights, so the
+    values are loaded into the existing parameter instead.
+    """
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        reinit = brevitas_config.REINIT_ON_STATE_DICT_LOAD
+        brevitas_config.REINIT_ON_STATE_DICT_LOAD = False
+        try:
+            super()._load_from_state_dict(*args, **kwargs)
+        finally:
+            brevitas_config.REINIT_ON_STATE_DICT_LOAD = reinit
 
 
 class PACTClipScaling(ExtendedInjector):
     """Mixin: a learned clipping level with PACT's exact gradients."""
 
+    proxy_class = StableActQuantProxy
     tensor_quant = PACTQuant
     clip_level_impl = PACTClipLevel
     alpha_init = 10.0
@@ -163,6 +221,7 @@ class PACTActPerTensorFloat(UintQuant, PACTClipScaling, ActQuantSolver):
 class PACTLSQActPerTensorFloat(Uint8ActPerTensorFloatMaxInit):
     """Brevitas' learned-scale activations, initialised and read as PACT's ``alpha``."""
 
+    proxy_class = StableActQuantProxy
     bit_width = 4
     alpha_init = 10.0
     max_val = this.alpha_init
