@@ -128,12 +128,24 @@ def test_inplace_shares_parameters_with_the_float_model():
 
 def test_first_and_last_layers_default_to_8_bits_or_float():
     summary = convert(timm.create_model("resnet20"), bits=4).qsgt_summary
-    assert summary.quantized["conv1"] == "Conv2d w8"
-    assert summary.quantized["fc"] == "Linear w8"
-    assert summary.quantized["layer1.0.conv1"] == "Conv2d w4"
+    assert summary.quantized["conv1"] == "Conv2d w8 int_per_channel"
+    assert summary.quantized["fc"] == "Linear w8 int_per_channel"
+    assert summary.quantized["layer1.0.conv1"] == "Conv2d w4 dorefa"
     qmodel = convert(timm.create_model("resnet20"), bits=4, first_last_bits=None)
     assert type(qmodel.conv1) is nn.Conv2d and type(qmodel.fc) is nn.Linear
     assert set(qmodel.qsgt_summary.kept_float) == {"conv1", "fc"}
+
+
+def test_first_and_last_keep_the_weight_scale_unless_asked():
+    float_model = timm.create_model("resnet20")
+    qmodel = convert(float_model, bits=4)
+    # Per-channel integers keep the classifier's weights close to the float ones; DoReFa maps
+    # them to [-1, 1], which would inflate the logits of a layer with no BatchNorm after it.
+    w, qw = float_model.fc.weight, qmodel.fc.quant_weight().value
+    assert (qw - w).abs().max() <= w.abs().amax(1).max() / 127
+    dorefa_ends = convert(float_model, bits=4, first_last_weight_quant=None)
+    assert dorefa_ends.qsgt_summary.quantized["fc"] == "Linear w8 dorefa"
+    assert dorefa_ends.fc.quant_weight().value.abs().max() == 1
 
 
 def test_first_and_last_follow_execution_order_not_registration_order():
@@ -147,7 +159,10 @@ def test_first_and_last_follow_execution_order_not_registration_order():
             return self.head(self.stem(x).mean((2, 3)))
 
     summary = convert(Reordered(), bits=3, example_inputs=torch.randn(1, 1, 8, 8)).qsgt_summary
-    assert summary.quantized == {"head": "Linear w8", "stem": "Conv2d w8"}
+    assert summary.quantized == {
+        "head": "Linear w8 int_per_channel",
+        "stem": "Conv2d w8 int_per_channel",
+    }
 
 
 def test_separate_weight_and_activation_bits_and_overrides():
@@ -163,10 +178,10 @@ def test_separate_weight_and_activation_bits_and_overrides():
         },
     )
     s = qmodel.qsgt_summary.quantized
-    assert s["layer1.0.conv1"] == "Conv2d w3"
+    assert s["layer1.0.conv1"] == "Conv2d w3 dorefa"
     assert s["layer1.0.act2"] == "ReLU a5"
     assert s["layer1.0.act1"] == "ReLU a2"
-    assert s["layer3.1.conv2"] == "Conv2d w6"
+    assert s["layer3.1.conv2"] == "Conv2d w6 dorefa"
     assert type(qmodel.layer3[2].act2) is nn.ReLU
     assert qmodel.layer2[0].conv1.weight_quant.bit_width() == 3
     assert qmodel.layer1[0].act1.act_quant.bit_width() == 2

@@ -40,8 +40,9 @@ class ConversionSummary:
     """What ``convert`` did, layer by layer (``qmodel.qsgt_summary``).
 
     Attributes:
-        method, weight_quant: names of the activation method and weight quantizer.
-        quantized: layer name -> ``"Conv2d w4"``, ``"ReLU a4"``, ``"ReLU a4 x2 call sites"``.
+        method, weight_quant: names of the activation method and (inner layers') weight quantizer.
+        quantized: layer name -> ``"Conv2d w4 dorefa"``, ``"ReLU a4"``,
+            ``"ReLU a4 x2 call sites"``.
         kept_float: layers left float by the first/last policy or an override.
         unquantized: layers ``convert`` cannot quantize (GELU, SiLU, Conv2d subclasses, ...).
     """
@@ -72,6 +73,7 @@ def convert(
     act_bits: int | None = None,
     weight_quant: str | None = None,
     first_last_bits: int | None = 8,
+    first_last_weight_quant: str | None = "int_per_channel",
     overrides: dict[str, dict[str, int | None] | None] | None = None,
     alpha_init: float = 10.0,
     example_inputs: Tensor | tuple | None = None,
@@ -91,6 +93,9 @@ def convert(
         weight_quant: registered weight quantizer; the method's default when None.
         first_last_bits: weight bits of the first and last weight layers in execution order;
             None keeps them float (PACT Table 1).
+        first_last_weight_quant: weight quantizer of those two layers; None uses
+            ``weight_quant``. The default keeps the weights' scale: DoReFa maps every tensor to
+            [-1, 1], harmless before BatchNorm but it inflates the classifier's logits.
         overrides: ``{pattern: {"weight_bits": k, "act_bits": k}}`` by module name
             (``fnmatch``; later patterns win); a value None, or ``{pattern: None}``, keeps float.
         alpha_init: initial clipping level of every activation.
@@ -116,6 +121,7 @@ def convert(
     if not isinstance(method, QuantMethod):
         method = registry.method(method)
     wq = registry.weight_quantizer(weight_quant or method.weight_quant)
+    wq_ends = registry.weight_quantizer(first_last_weight_quant) if first_last_weight_quant else wq
     if not alpha_init > 0:
         raise ValueError(f"alpha_init must be positive, got {alpha_init}")
     if any(is_quant_layer(m) for m in model.modules()):
@@ -136,13 +142,16 @@ def convert(
         label = mnames[0] or "<root>"
         kind = type(module).__name__
         if type(module) in WEIGHT_LAYERS:
-            default = first_last_bits if id(module) in ends else weight_bits
-            wbits = _resolve(overrides, mnames, "weight_bits", default, matched)
+            end = id(module) in ends
+            wbits = _resolve(
+                overrides, mnames, "weight_bits", first_last_bits if end else weight_bits, matched
+            )
             if wbits is None:
                 summary.kept_float[label] = kind
                 continue
-            new = quant_weight_layer(module, wq.weight_quant.let(bit_width=wbits))
-            summary.quantized[label] = f"{kind} w{wbits}"
+            quantizer = wq_ends if end else wq
+            new = quant_weight_layer(module, quantizer.weight_quant.let(bit_width=wbits))
+            summary.quantized[label] = f"{kind} w{wbits} {quantizer.name}"
         elif type(module) in ACTIVATIONS:
             abits = _resolve(overrides, mnames, "act_bits", act_bits, matched)
             if abits is None:
