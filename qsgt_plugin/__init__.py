@@ -25,6 +25,7 @@ from qsgt_plugin.quant import (
     convert,
     quantization_disabled,
 )
+from qsgt_plugin.sgt import SaliencyGuidedTraining, SGTHandle, register_sgt
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,8 @@ __all__ = [
     "PluginError",
     "QuantMethod",
     "QuantizationWarning",
+    "SGTHandle",
+    "SaliencyGuidedTraining",
     "WeightQuantizer",
     "__version__",
     "alphas",
@@ -42,4 +45,5 @@ __all__ = [
     "list_methods",
     "list_models",
     "quantization_disabled",
+    "register_sgt",
 ]

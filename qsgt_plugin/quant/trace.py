@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from qsgt_plugin.utils import eval_mode
+
 __all__ = ["CallTrace", "example_input", "trace_calls"]
 
 
@@ -64,10 +66,8 @@ def trace_calls(
             trace.order.append(module)
 
     handles = [m.register_forward_pre_hook(record) for m in model.modules() if type(m) in types]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(*inputs) if isinstance(inputs, tuple) else model(inputs)
     except Exception as exc:
         raise ValueError(
@@ -77,6 +77,4 @@ def trace_calls(
     finally:
         for handle in handles:
             handle.remove()
-        for m, mode in modes.items():
-            m.training = mode
     return trace

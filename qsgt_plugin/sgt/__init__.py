@@ -1,0 +1,18 @@
+"""Saliency-Guided Training (Ismail et al. 2021): masking functions, Captum saliency, loss, hook."""
+
+from qsgt_plugin.sgt.masking import apply_mask, fill_values, mask_count, rank_mask, reduce_saliency
+from qsgt_plugin.sgt.saliency import attribute, make_attribution
+from qsgt_plugin.sgt.training import SaliencyGuidedTraining, SGTHandle, register_sgt
+
+__all__ = [
+    "SGTHandle",
+    "SaliencyGuidedTraining",
+    "apply_mask",
+    "attribute",
+    "fill_values",
+    "make_attribution",
+    "mask_count",
+    "rank_mask",
+    "reduce_saliency",
+    "register_sgt",
+]

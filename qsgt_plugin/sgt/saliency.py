@@ -1,0 +1,89 @@
+"""Input attributions from Captum, computed the way SGT needs them.
+
+The model runs in eval mode for the attribution (each sample's map is exact; BatchNorm in train
+mode would couple the samples of a batch) with its parameters frozen (autograd records nothing
+for them, so the pass costs a forward and an input-gradient backward, and no ``.grad``
+changes); both are restored afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import captum.attr
+from brevitas.nn.quant_layer import QuantNonLinearActLayer
+from captum.attr import (
+    GradientAttribution,
+    InputXGradient,
+    IntegratedGradients,
+    NoiseTunnel,
+    Saliency,
+)
+from torch import Tensor, nn
+
+from qsgt_plugin.utils import eval_mode, frozen_parameters
+
+__all__ = ["ATTRIBUTIONS", "MODULE_HOOK_METHODS", "attribute", "make_attribution"]
+
+# Methods with a name of their own; any other captum.attr gradient method works by class name.
+ATTRIBUTIONS: dict[str, Callable[[nn.Module], GradientAttribution | NoiseTunnel]] = {
+    "Saliency": Saliency,
+    "InputXGradient": InputXGradient,
+    "IntegratedGradients": IntegratedGradients,
+    "SmoothGrad": lambda model: NoiseTunnel(Saliency(model)),
+}
+# These rewrite the backward pass of nn.ReLU modules through module hooks; after convert() the
+# activations are Brevitas layers they do not see, and their maps would be silently wrong.
+MODULE_HOOK_METHODS = frozenset(
+    {"GuidedBackprop", "Deconvolution", "DeepLift", "DeepLiftShap", "GuidedGradCam", "LRP"}
+)
+# attribute() arguments each method is given unless the caller sets them.
+_DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
+    "Saliency": {"abs": False},
+    "SmoothGrad": {"nt_type": "smoothgrad", "nt_samples": 8, "stdevs": 0.15, "abs": False},
+}
+
+
+def make_attribution(model: nn.Module, method: str) -> GradientAttribution | NoiseTunnel:
+    """The Captum attribution object for ``method`` on ``model``.
+
+    Raises:
+        ValueError: an unknown name, a method that is not gradient-based, or a module-hook
+            method (GuidedBackprop, DeepLift, ...) on a model with Brevitas activations.
+    """
+    if method in MODULE_HOOK_METHODS and any(
+        isinstance(m, QuantNonLinearActLayer) for m in model.modules()
+    ):
+        raise ValueError(
+            f"{method} rewrites the gradients of nn.ReLU modules, which a quantized model no "
+            "longer has; its maps would be wrong. Use Saliency, InputXGradient, "
+            "IntegratedGradients or SmoothGrad."
+        )
+    if method in ATTRIBUTIONS:
+        return ATTRIBUTIONS[method](model)
+    cls = getattr(captum.attr, method, None)
+    if isinstance(cls, type) and issubclass(cls, GradientAttribution):
+        return cls(model)
+    known = ", ".join(sorted(ATTRIBUTIONS))
+    raise ValueError(
+        f"unknown attribution method {method!r}; use one of {known} or the name of a "
+        "captum.attr gradient method"
+    )
+
+
+def attribute(
+    model: nn.Module, x: Tensor, target: Tensor, method: str = "Saliency", **kwargs: Any
+) -> Tensor:
+    """Attributions of ``model``'s ``target`` logit to ``x``, shaped like ``x``, signed.
+
+    Example::
+
+        >>> maps = attribute(model, images, labels)                 # Saliency, signed
+        >>> maps = attribute(model, images, labels, "IntegratedGradients", n_steps=16)
+    """
+    explainer = make_attribution(model, method)
+    kwargs = {**_DEFAULT_KWARGS.get(method, {}), **kwargs}
+    with eval_mode(model), frozen_parameters(model):
+        maps = explainer.attribute(x.detach().requires_grad_(), target=target, **kwargs)
+    return maps.detach()

@@ -1,0 +1,221 @@
+"""Saliency-Guided Training as a loss object or as hooks on an existing training loop.
+
+Ismail et al. 2021, "Improving Deep Learning Interpretability by Saliency Guided Training",
+https://arxiv.org/abs/2111.14338. Each step:
+
+    S        = reduce(|d logit_y / d x|)               (Captum, model in eval mode)
+    x_masked = x with the lowest ``mask_fraction`` of S replaced (uniform noise by default)
+    loss     = CE(f(x), y) + kl_weight * KL(p(x) || p(x_masked))
+
+with the gradient flowing through both branches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qsgt_plugin.sgt.masking import FILLS, Fill, apply_mask, fill_values, rank_mask, reduce_saliency
+from qsgt_plugin.sgt.saliency import attribute, make_attribution
+
+__all__ = ["FUSED_METHODS", "SGTHandle", "SaliencyGuidedTraining", "register_sgt"]
+
+# Attributions the fused path can read off the clean forward's input gradient.
+FUSED_METHODS = ("Saliency", "InputXGradient")
+
+
+class SaliencyGuidedTraining:
+    """The SGT objective for any model, float or converted, in any training loop.
+
+    Args:
+        model: the model being trained.
+        mask_fraction: fraction of each sample's spatial positions to mask (lowest saliency).
+        kl_weight: weight of KL(p(x) || p(x_masked)); 0 gives plain cross-entropy.
+        attribution: Captum method for the saliency (``"Saliency"``, ``"InputXGradient"``,
+            ``"IntegratedGradients"``, ``"SmoothGrad"`` or a captum.attr class name).
+        attribution_kwargs: extra arguments for the method's ``attribute`` call.
+        signed: rank by signed attribution instead of its absolute value.
+        fill: ``"uniform"`` (U[min, max] per image and channel), ``"mean"`` or ``"constant"``.
+        fill_value: the constant for ``fill="constant"``.
+        fused: read the saliency off the clean forward's input gradient instead of a separate
+            Captum pass in eval mode: no extra forward, but in train mode (BatchNorm couples the
+            samples of a batch). ``benchmarks/step_time.py`` compares the two.
+        generator: random generator for the uniform fill (the global one when None).
+
+    Example::
+
+        >>> sgt = SaliencyGuidedTraining(model, mask_fraction=0.5, kl_weight=1.0)
+        >>> for x, y in loader:
+        ...     loss = sgt.loss(x, y, criterion)
+        ...     opt.zero_grad(); loss.backward(); opt.step()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mask_fraction: float = 0.5,
+        kl_weight: float = 1.0,
+        *,
+        attribution: str = "Saliency",
+        attribution_kwargs: dict[str, Any] | None = None,
+        signed: bool = False,
+        fill: Fill = "uniform",
+        fill_value: float = 0.0,
+        fused: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not 0.0 <= mask_fraction <= 1.0:
+            raise ValueError(f"mask_fraction must be in [0, 1], got {mask_fraction}")
+        if not kl_weight >= 0.0:
+            raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
+        if fill not in FILLS:
+            raise ValueError(f"unknown fill {fill!r}; allowed: {', '.join(FILLS)}")
+        if fused and attribution not in FUSED_METHODS:
+            raise ValueError(
+                f"the fused path computes {' or '.join(FUSED_METHODS)} only, not {attribution!r}"
+            )
+        make_attribution(model, attribution)  # fail now on an unknown or refused method
+        self.model = model
+        self.mask_fraction = mask_fraction
+        self.kl_weight = kl_weight
+        self.attribution = attribution
+        self.attribution_kwargs = dict(attribution_kwargs or {})
+        self.signed = signed
+        self.fill: Fill = fill
+        self.fill_value = fill_value
+        self.fused = fused
+        self.generator = generator
+        self.last: dict[str, Tensor] = {}
+
+    @property
+    def active(self) -> bool:
+        """False when the KL term is zero by construction (plain cross-entropy training)."""
+        return self.kl_weight > 0 and self.mask_fraction > 0
+
+    def saliency(self, x: Tensor, y: Tensor) -> Tensor:
+        """``(N, H, W)`` saliency of the target logits from a Captum pass in eval mode."""
+        maps = attribute(self.model, x, y, self.attribution, **self.attribution_kwargs)
+        return reduce_saliency(maps, self.signed)
+
+    def mask(self, x: Tensor, y: Tensor, saliency: Tensor | None = None) -> Tensor:
+        """Boolean ``(N, H, W)`` mask of the positions SGT replaces."""
+        saliency = self.saliency(x, y) if saliency is None else saliency
+        return rank_mask(saliency, self.mask_fraction, lowest=True)
+
+    def masked_input(self, x: Tensor, y: Tensor, saliency: Tensor | None = None) -> Tensor:
+        """``x`` with its lowest-saliency positions replaced (no gradient to ``x``)."""
+        x = x.detach()
+        fill = fill_values(x, self.fill, self.fill_value, self.generator)
+        return apply_mask(x, self.mask(x, y, saliency), fill)
+
+    def loss(self, x: Tensor, y: Tensor, criterion: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """``criterion(f(x), y) + kl_weight * KL(p(x) || p(x_masked))``."""
+        if not self.active:
+            return criterion(self.model(x), y)
+        if self.fused:
+            x = x.detach().requires_grad_()
+        logits = self.model(x)
+        ce = criterion(logits, y)
+        self.last = {"ce": ce.detach()}
+        return ce + self.kl_term(x, y, logits)
+
+    def kl_term(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor:
+        """``kl_weight * KL(p(x) || p(x_masked))`` given the clean forward's logits."""
+        if self.fused:
+            if not x.requires_grad:
+                raise ValueError(
+                    "the fused path needs the clean forward to run on x.requires_grad_()"
+                )
+            target_logits = logits.gather(1, y.unsqueeze(1)).sum()
+            (grad,) = torch.autograd.grad(target_logits, x, retain_graph=True)
+            maps = grad * x.detach() if self.attribution == "InputXGradient" else grad
+            saliency = reduce_saliency(maps, self.signed)
+        else:
+            saliency = self.saliency(x, y)
+        masked_logits = self.model(self.masked_input(x, y, saliency))
+        kl = F.kl_div(
+            F.log_softmax(masked_logits, dim=1),
+            F.log_softmax(logits, dim=1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        self.last["kl"] = kl.detach()
+        return self.kl_weight * kl
+
+
+class SGTHandle:
+    """Returned by :func:`register_sgt`; ``remove()`` restores plain training."""
+
+    def __init__(self, sgt: SaliencyGuidedTraining, handles: list) -> None:
+        self.sgt = sgt
+        self._handles = handles
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def register_sgt(model: nn.Module, criterion: nn.Module, **options: Any) -> SGTHandle:
+    """Add SGT to an existing loop without restructuring it.
+
+    After this, ``loss = criterion(model(x), y)`` in training mode returns the SGT loss;
+    evaluation (``model.eval()`` or ``torch.no_grad()``) is unchanged.
+
+    Args:
+        model: the model of the loop.
+        criterion: the loss module the loop applies to the model's output (``nn.CrossEntropyLoss``).
+        **options: :class:`SaliencyGuidedTraining` arguments.
+
+    Example::
+
+        >>> handle = register_sgt(model, criterion, mask_fraction=0.5)
+        >>> loss = criterion(model(x), y)        # now CE + KL(p(x) || p(x_masked))
+        >>> handle.remove()                      # plain training again
+    """
+    if not isinstance(criterion, nn.Module):
+        raise TypeError(
+            f"register_sgt needs a criterion module (e.g. nn.CrossEntropyLoss()) to hook, got "
+            f"{criterion!r}; for a loss function use SaliencyGuidedTraining(...).loss instead"
+        )
+    sgt = SaliencyGuidedTraining(model, **options)
+    state: dict[str, Any] = {"busy": False}
+
+    def before_model(module: nn.Module, args: tuple) -> tuple | None:
+        if state["busy"] or not args or not (module.training and torch.is_grad_enabled()):
+            return None
+        x = args[0].detach().requires_grad_() if sgt.fused else args[0]
+        state["x"], state["out"] = x, None
+        return (x, *args[1:]) if sgt.fused else None
+
+    def after_model(module: nn.Module, args: tuple, output: Tensor) -> None:
+        if not state["busy"] and "x" in state and state["out"] is None:
+            state["out"] = output
+
+    def after_criterion(module: nn.Module, args: tuple, loss: Tensor) -> Tensor | None:
+        if (
+            not sgt.active
+            or len(args) < 2
+            or state.get("out") is None
+            or args[0] is not state["out"]
+        ):
+            return None
+        x = state.pop("x")
+        state["out"] = None
+        state["busy"] = True
+        try:
+            sgt.last = {"ce": loss.detach()}
+            return loss + sgt.kl_term(x, args[1], args[0])
+        finally:
+            state["busy"] = False
+
+    handles = [
+        model.register_forward_pre_hook(before_model),
+        model.register_forward_hook(after_model),
+        criterion.register_forward_hook(after_criterion),
+    ]
+    return SGTHandle(sgt, handles)

@@ -1,0 +1,39 @@
+"""Small helpers shared by the leaves (quant, sgt, attribution)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+__all__ = ["eval_mode", "frozen_parameters"]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode, then restore each one's own ``training`` flag."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Parameters stop requiring gradients inside the block (input-gradient passes).
+
+    Autograd then records nothing for the weights: no weight-quantizer graph, no weight or
+    BatchNorm-affine gradients, no clipping-level gradients, and no ``.grad`` is touched.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
