@@ -1,0 +1,125 @@
+"""Recipes: defaults < file < --set, key paths and suggestions in errors, shipped recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qsgt_plugin.build import check_names
+from qsgt_plugin.recipe import Recipe, RecipeError, apply_overrides, load_recipe, save_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_precedence_defaults_then_file_then_set(tmp_path):
+    path = write(tmp_path, "optim: {lr: 0.2}\ntrain: {epochs: 3}\n")
+    recipe = load_recipe(path, ["optim.lr=0.05", "model.kwargs.in_chans=1"])
+    assert recipe.optim.lr == 0.05  # --set wins over the file
+    assert recipe.train.epochs == 3  # the file wins over the default
+    assert recipe.optim.momentum == 0.9  # default
+    assert recipe.model.kwargs == {"in_chans": 1}
+
+
+def test_set_values_are_parsed_as_yaml():
+    data = apply_overrides({}, ["quant.first_last_bits=null", "sgt.enabled=true", "a.b=[1, 2]"])
+    assert data == {
+        "quant": {"first_last_bits": None},
+        "sgt": {"enabled": True},
+        "a": {"b": [1, 2]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("optim: {lrr: 0.1}", r"optim\.lrr: unknown key; did you mean 'lr'\? allowed: name, lr,"),
+        ("trian: {epochs: 2}", r"trian: unknown key; did you mean 'train'\?"),
+        (
+            "quant: {weight_bits: 9}",
+            r"quant\.weight_bits: Input should be less than or equal to 8 \(got 9\)",
+        ),
+        (
+            "data: {dataset: imagenet}",
+            r"data\.dataset: Input should be 'mnist' or 'cifar10' \(got 'imagenet'\)",
+        ),
+        ("sgt: {fill: zeros}", r"sgt\.fill: Input should be 'uniform', 'mean' or 'constant'"),
+        ("optim: {lr: fast}", r"optim\.lr: Input should be a valid number"),
+        (
+            "train: {device: tpu}",
+            r"train\.device: device must be auto, cpu, cuda or cuda:N \(got 'tpu'\)",
+        ),
+        (
+            "quant: {overrides: {fc: {bits: 3}}}",
+            r"quant\.overrides\.fc\.bits: Input should be 'weight_bits' or 'act_bits'",
+        ),
+    ],
+)
+def test_bad_keys_and_values_name_the_path_value_and_allowed(tmp_path, text, expected):
+    with pytest.raises(RecipeError, match=expected):
+        load_recipe(write(tmp_path, text))
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write(tmp_path, "optim: {lrr: 1}\ntrain: {epochs: 0}\n"))
+    assert "optim.lrr" in str(info.value) and "train.epochs" in str(info.value)
+
+
+def test_unreadable_recipes(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(RecipeError, match="is not valid YAML"):
+        load_recipe(write(tmp_path, "model: [unclosed"))
+    with pytest.raises(RecipeError, match="a recipe is a mapping of sections, got list"):
+        load_recipe(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(RecipeError, match=r"optim\.lr is a value, not a section"):
+        load_recipe(write(tmp_path, "optim: {lr: 0.1}"), ["optim.lr.x=1"])
+    with pytest.raises(RecipeError, match=r"--set expects key\.path=value"):
+        load_recipe(write(tmp_path, ""), ["optim.lr"])
+
+
+def test_names_are_checked_against_the_registries():
+    with pytest.raises(RecipeError, match=r"model\.name: unknown model 'resnet21'; did you mean"):
+        check_names(Recipe.model_validate({"model": {"name": "resnet21"}}))
+    with pytest.raises(
+        RecipeError, match=r"quant\.method: unknown method 'lsq'; known: pact, pact_lsq"
+    ):
+        check_names(Recipe.model_validate({"quant": {"method": "lsq"}}))
+    check_names(Recipe.model_validate({"quant": {"enabled": False, "method": "anything"}}))
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe(RECIPES / "quickstart.yaml", ["optim.lr=0.05"])
+    save_recipe(recipe, tmp_path / "resolved.yaml")
+    text = (tmp_path / "resolved.yaml").read_text()
+    assert "alpha_init: 10.0" in text  # every default is spelled out
+    assert load_recipe(tmp_path / "resolved.yaml") == recipe
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_validate(path):
+    recipe = load_recipe(path)
+    check_names(recipe)
+    assert recipe.name == path.stem
+    assert recipe.output.dir == f"runs/{path.stem}"
+    raw = yaml.safe_load(path.read_text())
+    if path.stem != "quickstart":
+        dataset, _, variant = path.stem.split("-", 2)
+        assert recipe.data.dataset == dataset
+        assert recipe.quant.enabled == variant.startswith("w4a4")
+        assert recipe.sgt.enabled == variant.endswith("sgt")
+        assert recipe.sgt.mask_fraction == (0.5 if dataset == "mnist" else 0.1)
+        assert (recipe.optim.lr, recipe.optim.momentum, recipe.optim.weight_decay) == (
+            0.1,
+            0.9,
+            2e-4,
+        )
+        assert raw["model"]["kwargs"].get("in_chans", 3) == (1 if dataset == "mnist" else 3)
