@@ -1,0 +1,320 @@
+"""Training and evaluation from a recipe. The loop is meant to be read in one sitting.
+
+A run directory holds ``recipe.yaml`` (the resolved recipe), ``metrics.jsonl`` (one JSON record
+per log interval and per evaluation, with every alpha), ``last.pt`` and ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from qsgt_plugin.build import (
+    build_model,
+    check_names,
+    make_optimizer,
+    make_scheduler,
+    make_sgt,
+    resolve_device,
+)
+from qsgt_plugin.checkpoint import load_checkpoint, save_checkpoint
+from qsgt_plugin.data import DATASETS, Loader, load_split
+from qsgt_plugin.quant import alphas
+from qsgt_plugin.recipe import Recipe, save_recipe
+
+__all__ = ["RunExistsError", "RunResult", "TrainingDivergedError", "evaluate", "train"]
+
+log = logging.getLogger(__name__)
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "recipe.yaml")
+
+
+class RunExistsError(FileExistsError):
+    """The output directory already holds a run and neither resume nor overwrite was asked."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    test_acc: float
+    best_acc: float
+    step: int
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done in the current epoch
+    best_acc: float = -1.0
+    epoch_rng: Tensor | None = None  # loader generator state at the start of the epoch
+
+
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> RunResult:
+    """Run the experiment a recipe describes; see the module docstring for what it writes."""
+    check_names(recipe)
+    run_dir = _prepare_run_dir(Path(recipe.output.dir), resume, overwrite)
+    device = resolve_device(recipe.train.device)
+    torch.manual_seed(recipe.train.seed)
+    train_loader, test_loader = make_loaders(recipe, device)
+
+    model = build_model(recipe.model.name, recipe.model.kwargs, recipe.quant).to(device)
+    resumed = (
+        load_checkpoint(run_dir / "last.pt") if resume and (run_dir / "last.pt").exists() else None
+    )
+    if resumed:
+        # Weights first: Brevitas may re-create quantizer parameters on load, and the optimizer
+        # must hold the parameters that train.
+        model.load_state_dict(resumed["model"])
+    sgt = make_sgt(model, recipe.sgt)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = make_optimizer(model, recipe.optim)
+    total_steps = recipe.train.max_steps or recipe.train.epochs * len(train_loader)
+    scheduler = make_scheduler(optimizer, recipe.schedule, total_steps)
+
+    progress = Progress()
+    metrics = run_dir / "metrics.jsonl"
+    if resumed:
+        progress = _restore(resumed, optimizer, scheduler, train_loader)
+        _truncate_metrics(metrics, progress.step)
+        log.info("resumed %s at step %d (epoch %d)", run_dir, progress.step, progress.epoch + 1)
+    save_recipe(recipe, run_dir / "recipe.yaml")
+
+    def checkpoint(name: str, test_acc: float) -> None:
+        payload = _checkpoint_payload(recipe, model, optimizer, scheduler, train_loader, progress)
+        save_checkpoint({**payload, "test_acc": test_acc}, run_dir / name)
+
+    started = time.time()
+    test_acc = float("nan")
+    while progress.step < total_steps:
+        if progress.batch == 0:
+            progress.epoch_rng = train_loader.generator.get_state()
+        else:  # resuming mid-epoch: replay this epoch's draws up to where the run stopped
+            train_loader.generator.set_state(progress.epoch_rng)
+        model.train()
+        sums = torch.zeros(4, device=device)  # loss, ce, kl, steps since the last log line
+        epoch_loss = torch.zeros(2, device=device)  # sum, count
+        nonfinite_at = torch.full((), -1, device=device)
+        bar = tqdm(
+            train_loader.batches(skip=progress.batch),
+            total=len(train_loader),
+            initial=progress.batch,
+            desc=f"epoch {progress.epoch + 1}",
+            leave=False,
+            disable=None,
+        )
+        for x, y in bar:
+            # Forward: cross-entropy, plus SGT's KL term on the masked input when enabled.
+            loss = sgt.loss(x, y, criterion) if sgt else criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            progress.step += 1
+            progress.batch += 1
+
+            # Book-keeping on the device; the host reads it only at log points.
+            detached = loss.detach()
+            nonfinite_at = torch.where(
+                (nonfinite_at < 0) & ~torch.isfinite(detached), progress.step, nonfinite_at
+            )
+            parts = sgt.last if sgt and sgt.active else {}
+            ce, kl = parts.get("ce", detached), parts.get("kl", torch.zeros((), device=device))
+            sums += torch.stack([detached, ce, kl, torch.ones((), device=device)])
+            epoch_loss += torch.stack([detached, torch.ones((), device=device)])
+            if progress.step % recipe.train.log_every == 0:
+                _check_finite(nonfinite_at, run_dir)
+                mean = (sums[:3] / sums[3]).tolist()
+                _append(
+                    metrics,
+                    dict(
+                        kind="train",
+                        epoch=_epochs(progress, train_loader),
+                        step=progress.step,
+                        loss=mean[0],
+                        ce=mean[1],
+                        kl=mean[2],
+                        lr=scheduler.get_last_lr()[0],
+                        alphas=_alpha_values(model),
+                    ),
+                )
+                bar.set_postfix(loss=f"{mean[0]:.3f}")
+                sums.zero_()
+            every = recipe.train.checkpoint_every
+            if every and progress.step % every == 0 and progress.step < total_steps:
+                _check_finite(nonfinite_at, run_dir)
+                checkpoint("last.pt", test_acc)
+            if progress.step >= total_steps:
+                break
+        bar.close()
+        _check_finite(nonfinite_at, run_dir)
+
+        # End of an epoch (or of the run): evaluate, log, checkpoint.
+        if progress.batch == len(train_loader):
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+        test_acc, test_loss = evaluate(model, test_loader)
+        train_loss = (epoch_loss[0] / epoch_loss[1].clamp(min=1)).item()
+        _append(
+            metrics,
+            dict(
+                kind="eval",
+                epoch=_epochs(progress, train_loader),
+                step=progress.step,
+                test_acc=test_acc,
+                test_loss=test_loss,
+                train_loss=train_loss,
+                lr=scheduler.get_last_lr()[0],
+                alphas=_alpha_values(model),
+                elapsed=time.time() - started,
+            ),
+        )
+        log.info(
+            "step %d: train loss %.4f, test accuracy %.2f%%",
+            progress.step,
+            train_loss,
+            100 * test_acc,
+        )
+        improved = test_acc > progress.best_acc
+        progress.best_acc = max(progress.best_acc, test_acc)
+        checkpoint("last.pt", test_acc)
+        if improved:
+            checkpoint("best.pt", test_acc)
+    if test_acc != test_acc:  # nothing left to train (a finished run resumed): report it
+        test_acc, _ = evaluate(model, test_loader)
+    return RunResult(run_dir, test_acc, max(progress.best_acc, test_acc), progress.step)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Loader) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy over a loader, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=loader.device)
+    loss = torch.zeros((), device=loader.device)
+    for x, y in loader:
+        logits = model(x)
+        correct += (logits.argmax(1) == y).sum()
+        loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+    model.train(was_training)
+    n = len(loader.labels)
+    return correct.item() / n, loss.item() / n
+
+
+def make_loaders(recipe: Recipe, device: torch.device) -> tuple[Loader, Loader]:
+    """Train (shuffled, augmented for CIFAR-10) and test loaders for the recipe's dataset."""
+    data = recipe.data
+    info = DATASETS[data.dataset]
+    splits = []
+    for train, subset in ((True, data.train_subset), (False, data.test_subset)):
+        images, labels = load_split(data.dataset, train, data.root)
+        splits.append((images[:subset], labels[:subset]))
+    generator = torch.Generator().manual_seed(recipe.train.seed)
+    augment = data.augment and data.dataset == "cifar10"
+    train_loader = Loader(
+        *splits[0],
+        data.batch_size,
+        info.mean,
+        info.std,
+        shuffle=True,
+        augment=augment,
+        device=device,
+        generator=generator,
+    )
+    test_loader = Loader(*splits[1], data.eval_batch_size, info.mean, info.std, device=device)
+    return train_loader, test_loader
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
+    if (run_dir / "last.pt").exists() and not (resume or overwrite):
+        raise RunExistsError(
+            f"{run_dir} already holds a run. Continue it with --resume, start over with "
+            "--overwrite, or write elsewhere with --set output.dir=PATH"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite and not resume:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    return run_dir
+
+
+def _checkpoint_payload(recipe, model, optimizer, scheduler, loader, progress) -> dict:
+    rng = {"torch": torch.get_rng_state(), "loader": loader.generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if progress.epoch_rng is not None:
+        rng["loader_epoch"] = progress.epoch_rng
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "batch": progress.batch,
+        "best_acc": progress.best_acc,
+        "rng": rng,
+        "recipe": recipe.model_dump(mode="json"),
+        "model_config": {
+            "name": recipe.model.name,
+            "kwargs": recipe.model.kwargs,
+            "quant": recipe.quant.model_dump(mode="json") if recipe.quant.enabled else None,
+        },
+    }
+
+
+def _restore(payload, optimizer, scheduler, loader) -> Progress:
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    rng = payload["rng"]
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    loader.generator.set_state(rng["loader"])
+    return Progress(
+        payload["step"],
+        payload["epoch"],
+        payload["batch"],
+        payload["best_acc"],
+        rng.get("loader_epoch"),
+    )
+
+
+def _check_finite(nonfinite_at: Tensor, run_dir: Path) -> None:
+    step = int(nonfinite_at.item())
+    if step >= 0:
+        raise TrainingDivergedError(
+            f"the loss became NaN or infinite at step {step}; training stopped and the last "
+            f"good checkpoint ({run_dir / 'last.pt'}, if any) is kept. Lower optim.lr or check "
+            "the data, then continue with --resume or start over with --overwrite."
+        )
+
+
+def _epochs(progress: Progress, loader: Loader) -> float:
+    """Epochs done, fractional within an epoch (the x axis of alpha plots)."""
+    return progress.epoch + progress.batch / len(loader)
+
+
+def _alpha_values(model: nn.Module) -> dict[str, float]:
+    return {name: alpha.item() for name, alpha in alphas(model).items()}
+
+
+def _append(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint a run resumes from (no duplicated lines)."""
+    if path.exists():
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
