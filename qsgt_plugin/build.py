@@ -1,4 +1,4 @@
-"""Objects a recipe describes: model, SGT objective, optimizer, schedule, device."""
+"""Objects a recipe describes: model, data loaders, SGT objective, optimizer, schedule, device."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from qsgt_plugin.data import DATASETS, Loader, load_split
 from qsgt_plugin.plugins import get_registry
 from qsgt_plugin.quant import alphas, convert
 from qsgt_plugin.recipe import (
@@ -26,6 +27,8 @@ __all__ = [
     "build_model",
     "check_names",
     "lr_factor",
+    "make_loader",
+    "make_loaders",
     "make_optimizer",
     "make_scheduler",
     "make_sgt",
@@ -143,6 +146,36 @@ def make_scheduler(
     """A per-step schedule (a plain LambdaLR, so its state loads with ``weights_only=True``)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, schedule)
+    )
+
+
+def make_loaders(recipe: Recipe, device: torch.device) -> tuple[Loader, Loader]:
+    """Train (shuffled, augmented for CIFAR-10) and test loaders for the recipe's dataset."""
+    return make_loader(recipe, True, device), make_loader(recipe, False, device)
+
+
+def make_loader(
+    recipe: Recipe, train: bool, device: torch.device, limit: int | None = None
+) -> Loader:
+    """The recipe's train or test split; ``limit`` keeps its first images (after the subset)."""
+    data = recipe.data
+    info = DATASETS[data.dataset]
+    images, labels = load_split(data.dataset, train, data.root)
+    subset = data.train_subset if train else data.test_subset
+    keep = min(n for n in (subset, limit, len(labels)) if n is not None)
+    images, labels = images[:keep], labels[:keep]
+    if not train:
+        return Loader(images, labels, data.eval_batch_size, info.mean, info.std, device=device)
+    return Loader(
+        images,
+        labels,
+        data.batch_size,
+        info.mean,
+        info.std,
+        shuffle=True,
+        augment=data.augment and data.dataset == "cifar10",
+        device=device,
+        generator=torch.Generator().manual_seed(recipe.train.seed),
     )
 
 

@@ -19,13 +19,14 @@ from tqdm import tqdm
 from qsgt_plugin.build import (
     build_model,
     check_names,
+    make_loaders,
     make_optimizer,
     make_scheduler,
     make_sgt,
     resolve_device,
 )
 from qsgt_plugin.checkpoint import load_checkpoint, save_checkpoint
-from qsgt_plugin.data import DATASETS, Loader, load_split
+from qsgt_plugin.data import Loader
 from qsgt_plugin.quant import alphas
 from qsgt_plugin.recipe import Recipe, save_recipe
 
@@ -208,30 +209,6 @@ def evaluate(model: nn.Module, loader: Loader) -> tuple[float, float]:
     model.train(was_training)
     n = len(loader.labels)
     return correct.item() / n, loss.item() / n
-
-
-def make_loaders(recipe: Recipe, device: torch.device) -> tuple[Loader, Loader]:
-    """Train (shuffled, augmented for CIFAR-10) and test loaders for the recipe's dataset."""
-    data = recipe.data
-    info = DATASETS[data.dataset]
-    splits = []
-    for train, subset in ((True, data.train_subset), (False, data.test_subset)):
-        images, labels = load_split(data.dataset, train, data.root)
-        splits.append((images[:subset], labels[:subset]))
-    generator = torch.Generator().manual_seed(recipe.train.seed)
-    augment = data.augment and data.dataset == "cifar10"
-    train_loader = Loader(
-        *splits[0],
-        data.batch_size,
-        info.mean,
-        info.std,
-        shuffle=True,
-        augment=augment,
-        device=device,
-        generator=generator,
-    )
-    test_loader = Loader(*splits[1], data.eval_batch_size, info.mean, info.std, device=device)
-    return train_loader, test_loader
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
