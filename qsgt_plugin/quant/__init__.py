@@ -3,7 +3,7 @@
 from qsgt_plugin.quant.convert import ConversionSummary, QuantizationWarning, convert
 from qsgt_plugin.quant.method import QuantMethod, WeightQuantizer
 from qsgt_plugin.quant.pact import PACTActPerTensorFloat, PACTLSQActPerTensorFloat, pact_quantize
-from qsgt_plugin.quant.state import alphas, quantization_disabled
+from qsgt_plugin.quant.state import alphas, model_size_bytes, quantization_disabled
 from qsgt_plugin.quant.weight import DoReFaWeightPerTensorFloat, IntWeightPerChannelFloat, dorefa
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "alphas",
     "convert",
     "dorefa",
+    "model_size_bytes",
     "pact_quantize",
     "quantization_disabled",
 ]

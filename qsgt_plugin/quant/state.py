@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from brevitas.nn.quant_layer import QuantNonLinearActLayer
+from brevitas.nn.quant_layer import QuantNonLinearActLayer, QuantWeightBiasInputOutputLayer
 from torch import nn
 
 with warnings.catch_warnings():
@@ -14,7 +14,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="fast_hadamard_transform")
     from brevitas.graph.calibrate import quantization_status_manager
 
-__all__ = ["alphas", "quantization_disabled"]
+__all__ = ["alphas", "model_size_bytes", "quantization_disabled"]
 
 
 def alphas(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -49,3 +49,29 @@ def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
         model, disable_act_quant=True, disable_weight_quant=True, disable_bias_quant=True
     ):
         yield model
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes to store the model for inference at its quantized bit widths.
+
+    Weights of enabled weight quantizers count at their bit width plus one 32-bit scale per
+    scale element; every other tensor of the state dict (float layers, BatchNorm, biases,
+    clipping levels) at its own precision. BatchNorm's batch counters are not counted.
+    """
+    quantized: dict[int, int] = {}
+    for module in model.modules():
+        if (
+            isinstance(module, QuantWeightBiasInputOutputLayer)
+            and module.weight_quant.is_quant_enabled
+        ):
+            bits = int(module.weight_quant.bit_width())
+            scales = module.weight_quant.scale().numel()
+            quantized[id(module.weight)] = module.weight.numel() * bits + 32 * scales
+    total_bits = 0
+    seen: set[int] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if name.endswith("num_batches_tracked") or id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        total_bits += quantized.get(id(tensor), tensor.numel() * tensor.element_size() * 8)
+    return -(-total_bits // 8)
