@@ -1,0 +1,143 @@
+"""Figures: attribution grids (Captum's visualisation), masking curves, alpha trajectories.
+
+Every function draws on a fresh ``matplotlib.figure.Figure`` (no pyplot state, no display
+needed) and writes a PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from captum.attr import visualization as viz
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from torch import Tensor
+
+__all__ = ["alpha_figure", "attribution_grid", "masking_curve_figure"]
+
+
+def _hwc(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().permute(1, 2, 0).numpy()
+
+
+def attribution_grid(
+    images: Tensor,
+    maps: dict[str, Tensor],
+    path: str | Path,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    titles: Sequence[str] | None = None,
+    method: str = "Saliency",
+) -> Path:
+    """One row per image: the image, then each model's ``|attribution|`` heat map.
+
+    Args:
+        images: ``(N, C, H, W)`` normalised images.
+        maps: model name -> ``(N, C, H, W)`` attributions of those images.
+        mean, std: the normalisation, undone for display.
+        titles: a caption per image (e.g. its label).
+    """
+    n, cols = images.shape[0], len(maps) + 1
+    fig = Figure(figsize=(1.6 * cols, 1.6 * n + 0.4), dpi=80)
+    axes = fig.subplots(n, cols, squeeze=False)
+    std_, mean_ = (torch.tensor(v).view(1, -1, 1, 1) for v in (std, mean))
+    shown = (images.cpu() * std_ + mean_).clamp(0, 1)
+    for row in range(n):
+        image = _hwc(shown[row])
+        ax = axes[row, 0]
+        ax.imshow(image.squeeze(-1), cmap="gray" if image.shape[-1] == 1 else None)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles:
+            ax.set_ylabel(titles[row], fontsize=8)
+        for col, (name, attr) in enumerate(maps.items(), start=1):
+            viz.visualize_image_attr(
+                _hwc(attr[row]),
+                image,
+                method="heat_map",
+                sign="absolute_value",
+                plt_fig_axis=(fig, axes[row, col]),
+                use_pyplot=False,
+                title=name if row == 0 else None,
+            )
+    axes[0, 0].set_title("image", fontsize=9)
+    for ax in axes[0, 1:]:
+        ax.title.set_fontsize(8)
+    fig.suptitle(f"|{method}| attributions", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def masking_curve_figure(
+    curves: dict[str, dict[str, dict[float, float]]], path: str | Path, *, title: str = ""
+) -> Path:
+    """Accuracy against the fraction of pixels masked: solid by saliency, dashed at random."""
+    fig = Figure(figsize=(6, 4), dpi=90)
+    ax = fig.subplots()
+    colours = colormaps["tab10"]
+    for i, (name, curve) in enumerate(curves.items()):
+        for kind, style in (("saliency", "-"), ("random", "--")):
+            points = sorted(curve[kind].items())
+            xs = [100 * t for t, _ in points]
+            ys = [100 * acc for _, acc in points]
+            label = f"{name} ({'salient first' if kind == 'saliency' else 'random'})"
+            ax.plot(xs, ys, style, color=colours(i % 10), marker="o", markersize=3, label=label)
+    ax.set_xlabel("pixels replaced (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "accuracy when the most salient pixels are replaced")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def alpha_figure(records: list[dict], path: str | Path, *, title: str = "") -> Path:
+    """Each activation's clipping level against epoch, coloured by depth.
+
+    Args:
+        records: a run's ``metrics.jsonl`` records (those with ``alphas``).
+    """
+    rows = [r for r in records if r.get("alphas")]
+    if not rows:
+        raise ValueError("no alpha values in these records: is the run quantized?")
+    rows.sort(key=lambda r: (r["step"], r["kind"] != "train"))
+    layers = list(rows[-1]["alphas"])
+    epochs = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(6.5, 4), dpi=90)
+    ax = fig.subplots()
+    cmap = colormaps["viridis"]
+    norm = Normalize(1, max(len(layers), 2))
+    for depth, layer in enumerate(layers, start=1):
+        values = [r["alphas"].get(layer, np.nan) for r in rows]
+        ax.plot(epochs, values, color=cmap(norm(depth)), linewidth=1.2)
+    for depth in (1, len(layers)):
+        layer = layers[depth - 1]
+        ax.annotate(
+            layer,
+            (epochs[-1], rows[-1]["alphas"][layer]),
+            fontsize=7,
+            xytext=(3, 0),
+            textcoords="offset points",
+            color=cmap(norm(depth)),
+        )
+    colorbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax)
+    colorbar.set_label("activation layer (1 = first)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("clipping level alpha")
+    ax.set_title(title or "PACT clipping levels over training")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

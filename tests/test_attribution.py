@@ -1,0 +1,170 @@
+"""Attribution metrics, masking curves and figures on small models and tensors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from qsgt_plugin import convert
+from qsgt_plugin.attribution import (
+    ModelView,
+    alpha_figure,
+    attribution_grid,
+    compare_views,
+    gini,
+    masking_curve,
+    masking_curve_figure,
+    spearman,
+    top_overlap,
+)
+from qsgt_plugin.quant import model_size_bytes, quantization_disabled
+
+
+def test_gini_of_one_hot_is_1_and_of_constant_is_0():
+    one_hot = torch.zeros(2, 1, 6, 6)
+    one_hot[0, 0, 2, 3] = 5.0
+    one_hot[1, 0, 0, 0] = -1.0
+    assert gini(one_hot).tolist() == pytest.approx([1.0, 1.0])
+    assert gini(torch.full((2, 3, 6, 6), 0.7)).tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert gini(torch.zeros(1, 1, 4, 4)).item() == 0.0
+    spread = torch.zeros(1, 1, 4, 4)
+    spread[0, 0, :2] = 1.0  # half the positions
+    assert 0.4 < gini(spread).item() < 0.6
+
+
+def test_rank_correlation_of_a_map_with_itself_is_1():
+    maps = torch.randn(4, 3, 8, 8)
+    assert spearman(maps, maps).tolist() == pytest.approx([1.0] * 4)
+    assert top_overlap(maps, maps).tolist() == pytest.approx([1.0] * 4)
+    other = torch.randn(4, 3, 8, 8)
+    assert spearman(maps, other).abs().mean() < 0.3
+    # Reversing the ranking gives -1.
+    reduced = maps.abs().mean(1)
+    reversed_maps = (reduced.max() - reduced + 1).unsqueeze(1)
+    assert spearman(maps, reversed_maps).tolist() == pytest.approx([-1.0] * 4)
+
+
+def test_top_overlap_counts_shared_top_positions():
+    a = torch.arange(100.0).view(1, 1, 10, 10)  # top 10%: positions 90..99
+    b = a.clone()
+    b[0, 0, 9, :5] = 0  # five of them drop out of b's top
+    assert top_overlap(a, b, 0.1).item() == pytest.approx(0.5)
+
+
+def small_model() -> nn.Module:
+    return timm.create_model("resnet20", in_chans=1, num_classes=4).eval()
+
+
+def test_comparison_of_a_model_with_its_float_view_without_a_copy():
+    qmodel = convert(small_model(), bits=4, alpha_init=2.0).eval()
+    views = [
+        ModelView("q", qmodel),
+        ModelView("q float", qmodel, float_view=True),
+        ModelView("q again", qmodel),
+    ]
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    result = compare_views(views, x, y, fidelity=True, progress=False)
+    assert set(result.maps) == {"q", "q float", "q again"}
+    pairs = {(p["a"], p["b"]): p for p in result.pairs}
+    assert pairs["q", "q again"]["spearman"] == pytest.approx(1.0)
+    assert pairs["q", "q float"]["spearman"] < 0.999  # quantization changes the maps
+    with quantization_disabled(qmodel):
+        from qsgt_plugin.sgt.saliency import attribute
+
+        torch.testing.assert_close(result.maps["q float"], attribute(qmodel, x, y))
+    for numbers in result.views.values():
+        assert 0 <= numbers["gini"] <= 1
+        assert numbers["infidelity"] >= 0 and numbers["sensitivity_max"] >= 0
+
+
+@pytest.mark.parametrize("method", ["GuidedBackprop", "DeepLift"])
+def test_module_hook_methods_are_refused_for_quantized_models(method):
+    qmodel = convert(small_model(), bits=4)
+    x, y = torch.randn(2, 1, 28, 28), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=f"{method} rewrites the gradients of nn.ReLU"):
+        compare_views([ModelView("q", qmodel)], x, y, method=method, progress=False)
+
+
+def test_masking_curve_starts_at_the_clean_accuracy_exactly():
+    model = small_model()
+    batches = [(torch.randn(8, 1, 28, 28), torch.randint(0, 4, (8,))) for _ in range(3)]
+    curve = masking_curve(model, batches, progress=False)
+    with torch.no_grad():
+        clean = sum((model(x).argmax(1) == y).sum().item() for x, y in batches) / 24
+    assert curve["saliency"][0.0] == clean and curve["random"][0.0] == clean
+    assert list(curve["saliency"]) == [i / 10 for i in range(10)]
+
+
+def test_masking_curve_replaces_exactly_the_top_fraction():
+    # A linear model that reads only the first 10% of positions: masking the 10% most salient
+    # positions with its fill erases all its evidence.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(100, 2))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[1, :10] = 1.0
+        model[1].bias.copy_(torch.tensor([0.5, 0.0]))
+    x = torch.zeros(4, 1, 10, 10)
+    x.view(4, 100)[:, :10] = 1.0  # class 1 everywhere (score 10 > 0.5)
+    y = torch.ones(4, dtype=torch.long)
+    curve = masking_curve(model, [(x, y)], fill_value=0.0, progress=False)
+    assert curve["saliency"][0.0] == 1.0
+    assert curve["saliency"][0.1] == 0.0  # its 10 salient positions are gone
+
+
+def test_figures_are_written(tmp_path):
+    images = torch.randn(3, 1, 28, 28)
+    maps = {"a": torch.randn(3, 1, 28, 28), "b": torch.randn(3, 1, 28, 28)}
+    grid = attribution_grid(
+        images,
+        maps,
+        tmp_path / "grid.png",
+        mean=(0.13,),
+        std=(0.31,),
+        titles=["label 1", "label 2", "label 3"],
+    )
+    curves = {"m": {"saliency": {0.0: 0.9, 0.5: 0.4}, "random": {0.0: 0.9, 0.5: 0.8}}}
+    curve = masking_curve_figure(curves, tmp_path / "curve.png")
+    records = [
+        {"kind": "train", "epoch": e / 2, "step": e, "alphas": {"a1": 10 - e, "a2": 9 - e}}
+        for e in range(4)
+    ]
+    alpha = alpha_figure(records, tmp_path / "alpha.png")
+    for path in (grid, curve, alpha):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    with pytest.raises(ValueError, match="no alpha values"):
+        alpha_figure([{"kind": "train", "epoch": 0, "step": 1}], tmp_path / "none.png")
+
+
+def test_model_size_counts_quantized_weights_at_their_bit_width():
+    model = timm.create_model("resnet20")
+    fp32 = model_size_bytes(model)
+    state = sum(t.numel() * 4 for k, t in model.state_dict().items() if "num_batches" not in k)
+    assert fp32 == state
+    qmodel = convert(model, bits=4)
+    inner = sum(
+        m.weight.numel()
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and n != "conv1"
+    )
+    ends = model.conv1.weight.numel() + model.fc.weight.numel()
+    expected_bits = 32 * fp32 // 4 - 32 * (inner + ends) + 4 * inner + 8 * ends
+    scales = 18 * 32 + (16 + 10) * 32  # one per DoReFa tensor, one per channel at the ends
+    alphas = 19 * 32  # the clipping levels are stored too
+    assert model_size_bytes(qmodel) == -(-(expected_bits + scales + alphas) // 8)
+    with quantization_disabled(qmodel):
+        assert model_size_bytes(qmodel) == fp32 + 19 * 4  # float weights, plus the alphas
+
+
+def test_metrics_are_json_serialisable():
+    result = compare_views(
+        [ModelView("m", small_model())],
+        torch.randn(2, 1, 28, 28),
+        torch.tensor([0, 1]),
+        fidelity=False,
+        progress=False,
+    )
+    json.dumps(result.numbers())

@@ -1,0 +1,127 @@
+"""The four analysis commands on short real MNIST runs trained inside the test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from qsgt_plugin.attribution import load_run
+from qsgt_plugin.cli import main
+from qsgt_plugin.engine import evaluate, train
+from qsgt_plugin.recipe import Recipe
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set"),
+]
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A float and a W4A4 ResNet-20, 150 steps each on real MNIST."""
+    root = tmp_path_factory.mktemp("runs")
+    paths = {}
+    for name, quant in (("fp32", False), ("w4a4", True)):
+        recipe = Recipe.model_validate(
+            {
+                "model": {"name": "resnet20", "kwargs": {"in_chans": 1}},
+                "quant": {"enabled": quant},
+                "data": {"dataset": "mnist", "batch_size": 64, "test_subset": 600},
+                "optim": {"lr": 0.05},
+                "schedule": {"name": "onecycle"},
+                "train": {"max_steps": 150, "log_every": 25},
+                "output": {"dir": str(root / f"mnist-{name}")},
+            }
+        )
+        paths[name] = train(recipe).run_dir
+    return paths
+
+
+def test_trained_runs_beat_chance(runs):
+    for path in runs.values():
+        run = load_run(path)
+        assert evaluate(run.model, run.test_loader())[0] > 0.8
+
+
+def test_compare_writes_the_grid_and_numbers(runs, tmp_path, capsys):
+    out = tmp_path / "attr.png"
+    assert (
+        main(["compare", str(runs["fp32"]), str(runs["w4a4"]), "--images", "6", "--out", str(out)])
+        == 0
+    )
+    assert out.read_bytes()[:8] == PNG and out.stat().st_size > 10_000
+    numbers = json.loads(out.with_suffix(".json").read_text())
+    assert set(numbers["views"]) == {
+        "mnist-fp32 (fp32)",
+        "mnist-w4a4 (w4a4)",
+        "mnist-w4a4 (float view)",
+    }
+    assert len(numbers["pairs"]) == 3
+    for pair in numbers["pairs"]:
+        assert -1 <= pair["spearman"] <= 1 and 0 <= pair["top10_overlap"] <= 1
+    assert "Spearman" in capsys.readouterr().out
+
+
+def test_masking_curve_starts_at_clean_accuracy_and_random_stays_close(runs, tmp_path):
+    out = tmp_path / "curve.png"
+    assert main(["masking-curve", str(runs["fp32"]), "--images", "500", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG
+    numbers = json.loads(out.with_suffix(".json").read_text())
+    (curve,) = numbers["curves"].values()
+    run = load_run(runs["fp32"])
+    clean = evaluate(run.model, run.test_loader(limit=500))[0]
+    assert curve["saliency"]["0.0"] == clean == curve["random"]["0.0"]
+    # Replacing 10% of the pixels at random costs a trained model little (binomial noise on
+    # 500 images is about 1.5 points); removing the salient ones first costs more.
+    assert abs(curve["random"]["0.1"] - clean) < 0.05
+    assert curve["saliency"]["0.5"] < curve["random"]["0.5"]
+
+
+def test_alpha_plot_of_a_quantized_run(runs, capsys):
+    assert main(["alpha-plot", str(runs["w4a4"])]) == 0
+    path = Path(re.search(r"figure: (\S+)", capsys.readouterr().out).group(1))
+    assert path == runs["w4a4"] / "alpha.png" and path.read_bytes()[:8] == PNG
+    with pytest.raises(SystemExit):  # one run only
+        main(["alpha-plot", str(runs["w4a4"]), str(runs["fp32"])])
+
+
+def test_report_embeds_every_figure_and_saves_every_number(runs, tmp_path):
+    out = tmp_path / "report"
+    assert (
+        main(
+            [
+                "report",
+                str(runs["fp32"]),
+                str(runs["w4a4"]),
+                "--out",
+                str(out),
+                "--images",
+                "4",
+                "--curve-images",
+                "200",
+            ]
+        )
+        == 0
+    )
+    text = (out / "report.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(figures) == 3  # attributions, masking curve, alpha of the w4a4 run
+    for figure in figures:
+        assert (out / figure).read_bytes()[:8] == PNG
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = {row["run"]: row for row in metrics["accuracy"]}
+    assert set(rows) == {"mnist-fp32", "mnist-w4a4", "mnist-w4a4 (float view)"}
+    assert rows["mnist-w4a4"]["size_bytes"] < rows["mnist-fp32"]["size_bytes"] / 6
+    assert rows["mnist-fp32"]["test_images"] == 600
+    assert "| mnist-w4a4 | resnet20 | mnist | w4a4 | no |" in text
+
+
+def test_not_a_run_is_a_user_error(tmp_path, capsys):
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
