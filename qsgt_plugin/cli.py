@@ -8,10 +8,12 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 log = logging.getLogger("qsgt_plugin")
 
@@ -30,10 +32,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from qsgt_plugin.build import resolve_device
+    from qsgt_plugin.build import make_loader, resolve_device
     from qsgt_plugin.checkpoint import load_checkpoint, model_from_checkpoint
     from qsgt_plugin.engine import evaluate as run_evaluation
-    from qsgt_plugin.engine import make_loaders
     from qsgt_plugin.recipe import apply_overrides, parse_recipe
 
     payload = load_checkpoint(args.checkpoint)
@@ -42,12 +43,90 @@ def _evaluate(args: argparse.Namespace) -> int:
     recipe = parse_recipe(apply_overrides(payload["recipe"], extra), source=str(args.checkpoint))
     device = resolve_device(recipe.train.device)
     model = model_from_checkpoint(payload).to(device)
-    _, test_loader = make_loaders(recipe, device)
+    test_loader = make_loader(recipe, False, device)
     accuracy, loss = run_evaluation(model, test_loader)
     print(
         f"test accuracy {100 * accuracy:.2f}% (loss {loss:.4f}) on {len(test_loader.labels)} "
         f"{recipe.data.dataset} test images; checkpoint at step {payload['step']}"
     )
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> list:
+    from qsgt_plugin.attribution import load_run
+
+    return [load_run(path, data_root=args.data_root) for path in args.runs]
+
+
+def _print_comparison(numbers: dict) -> None:
+    print(f"{'view':44s} {'Gini':>6s} {'infidelity':>11s} {'sensitivity':>11s}")
+    for view, v in numbers["views"].items():
+        print(
+            f"{view:44s} {v['gini']:6.3f} {v.get('infidelity', float('nan')):11.3g} "
+            f"{v.get('sensitivity_max', float('nan')):11.3f}"
+        )
+    print(f"\n{'map A':44s} {'map B':44s} {'Spearman':>8s} {'top-10%':>8s}")
+    for p in numbers["pairs"]:
+        print(f"{p['a']:44s} {p['b']:44s} {p['spearman']:8.3f} {p['top10_overlap']:8.3f}")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from qsgt_plugin.attribution import compare_runs
+
+    numbers = compare_runs(
+        _runs(args),
+        Path(args.out),
+        images=args.images,
+        method=args.method,
+        float_views=not args.no_float_views,
+    )
+    Path(args.out).with_suffix(".json").write_text(json.dumps(numbers, indent=2))
+    _print_comparison(numbers)
+    print(f"\nfigure: {numbers['figure']}; numbers: {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
+def _masking_curve(args: argparse.Namespace) -> int:
+    from qsgt_plugin.attribution import masking_curves
+
+    images = None if args.images == 0 else args.images
+    numbers = masking_curves(
+        _runs(args), Path(args.out), images=images, method=args.method, fill_value=args.fill
+    )
+    Path(args.out).with_suffix(".json").write_text(json.dumps(numbers, indent=2))
+    print(f"{'run':40s} {'ranking':9s} " + " ".join(f"{10 * i:>5d}%" for i in range(10)))
+    for name, curve in numbers["curves"].items():
+        for kind, points in curve.items():
+            print(f"{name:40s} {kind:9s} " + " ".join(f"{100 * a:6.1f}" for a in points.values()))
+    print(
+        f"\n{numbers['images']} test images; figure: {numbers['figure']}; numbers: "
+        f"{Path(args.out).with_suffix('.json')}"
+    )
+    return 0
+
+
+def _alpha_plot(args: argparse.Namespace) -> int:
+    from qsgt_plugin.attribution import alpha_plot
+
+    (run,) = _runs(args)
+    out = Path(args.out) if args.out else run.path / "alpha.png"
+    print(f"figure: {alpha_plot(run, out)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from qsgt_plugin.attribution import build_report
+
+    images = None if args.curve_images == 0 else args.curve_images
+    build_report(
+        args.runs,
+        args.out,
+        images=args.images,
+        curve_images=images,
+        method=args.method,
+        data_root=args.data_root,
+    )
+    print(f"report: {Path(args.out) / 'report.md'}; numbers: {Path(args.out) / 'metrics.json'}")
     return 0
 
 
@@ -106,6 +185,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=_evaluate)
 
+    def analysis(name: str, help: str, many: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument(
+            "runs",
+            nargs="+" if many else 1,
+            metavar="RUN",
+            help="run directories written by `qsgt train` (or checkpoints)",
+        )
+        p.add_argument("--data-root", help="dataset folder (default: the recipe's, then QSGT_DATA)")
+        return p
+
+    attribution_methods = "Saliency, InputXGradient, IntegratedGradients, SmoothGrad"
+    p = analysis("compare", "attribution maps of several runs side by side, with numbers")
+    p.add_argument("--images", type=int, default=16, help="test images to explain (16)")
+    p.add_argument("--method", default="Saliency", help=attribution_methods)
+    p.add_argument(
+        "--no-float-views",
+        action="store_true",
+        help="leave out quantized runs' float versions (quantization disabled)",
+    )
+    p.add_argument("--out", default="attributions.png", help="figure path (numbers: .json beside)")
+    p.set_defaults(func=_compare)
+
+    p = analysis("masking-curve", "accuracy as the most salient pixels are replaced")
+    p.add_argument("--images", type=int, default=1000, help="test images (1000; 0 = all)")
+    p.add_argument("--method", default="Saliency", help=attribution_methods)
+    p.add_argument(
+        "--fill",
+        type=float,
+        default=0.0,
+        help="replacement value in normalised units (0 = the dataset mean)",
+    )
+    p.add_argument("--out", default="masking-curve.png", help="figure path (numbers: .json)")
+    p.set_defaults(func=_masking_curve)
+
+    p = analysis("alpha-plot", "PACT clipping levels per layer over training", many=False)
+    p.add_argument("--out", help="figure path (default: RUN/alpha.png)")
+    p.set_defaults(func=_alpha_plot)
+
+    p = analysis("report", "report.md with every figure, an accuracy table and metrics.json")
+    p.add_argument("--out", default="report", help="output folder (report/)")
+    p.add_argument("--images", type=int, default=16, help="images in the attribution grid (16)")
+    p.add_argument(
+        "--curve-images",
+        type=int,
+        default=1000,
+        help="test images of the masking curves (1000; 0 = all)",
+    )
+    p.add_argument("--method", default="Saliency", help=attribution_methods)
+    p.set_defaults(func=_report)
+
     p = sub.add_parser("methods", help="list quantization methods and weight quantizers")
     p.set_defaults(func=_methods)
     p = sub.add_parser("models", help="list models registered by plugins")
@@ -114,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from qsgt_plugin.attribution import RunError
     from qsgt_plugin.checkpoint import CheckpointError
     from qsgt_plugin.data import DatasetNotFoundError
     from qsgt_plugin.engine import RunExistsError, TrainingDivergedError
@@ -122,6 +253,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (
         RecipeError,
+        RunError,
         DatasetNotFoundError,
         CheckpointError,
         RunExistsError,
