@@ -89,7 +89,20 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> R
         progress = _restore(resumed, optimizer, scheduler, train_loader)
         _truncate_metrics(metrics, progress.step)
         log.info("resumed %s at step %d (epoch %d)", run_dir, progress.step, progress.epoch + 1)
+    else:  # a fresh start: no records of an earlier attempt that never checkpointed
+        metrics.unlink(missing_ok=True)
     save_recipe(recipe, run_dir / "recipe.yaml")
+    if progress.step == 0:  # the starting point of the alpha trajectories
+        _append(
+            metrics,
+            dict(
+                kind="init",
+                epoch=0.0,
+                step=0,
+                lr=scheduler.get_last_lr()[0],
+                alphas=_alpha_values(model),
+            ),
+        )
 
     def checkpoint(name: str, test_acc: float) -> None:
         payload = _checkpoint_payload(recipe, model, optimizer, scheduler, train_loader, progress)

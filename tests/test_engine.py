@@ -50,10 +50,11 @@ def test_a_run_writes_recipe_metrics_and_loadable_checkpoints(tmp_path):
     ]
     assert result.step == 8
     logs = records(run)
-    assert [r["kind"] for r in logs] == ["train", "train", "eval"] * 2
+    assert [r["kind"] for r in logs] == ["init"] + ["train", "train", "eval"] * 2
+    assert logs[0]["alphas"] == {name: 10.0 for name in logs[1]["alphas"]}
     assert [r["step"] for r in logs if r["kind"] == "eval"] == [4, 8]
     assert [r["epoch"] for r in logs if r["kind"] == "eval"] == [1.0, 2.0]
-    train_record = logs[0]
+    train_record = logs[1]
     assert {"loss", "ce", "kl", "lr"} <= set(train_record)
     assert train_record["loss"] == pytest.approx(train_record["ce"] + train_record["kl"], rel=1e-5)
     assert len(train_record["alphas"]) == 19 and "layer1.0.act1" in train_record["alphas"]

@@ -78,7 +78,7 @@ def masking_curve_figure(
     curves: dict[str, dict[str, dict[float, float]]], path: str | Path, *, title: str = ""
 ) -> Path:
     """Accuracy against the fraction of pixels masked: solid by saliency, dashed at random."""
-    fig = Figure(figsize=(6, 4), dpi=90)
+    fig = Figure(figsize=(9, 4), dpi=90)
     ax = fig.subplots()
     colours = colormaps["tab10"]
     for i, (name, curve) in enumerate(curves.items()):
@@ -92,7 +92,7 @@ def masking_curve_figure(
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "accuracy when the most salient pixels are replaced")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -116,18 +116,8 @@ def alpha_figure(records: list[dict], path: str | Path, *, title: str = "") -> P
     for depth, layer in enumerate(layers, start=1):
         values = [r["alphas"].get(layer, np.nan) for r in rows]
         ax.plot(epochs, values, color=cmap(norm(depth)), linewidth=1.2)
-    for depth in (1, len(layers)):
-        layer = layers[depth - 1]
-        ax.annotate(
-            layer,
-            (epochs[-1], rows[-1]["alphas"][layer]),
-            fontsize=7,
-            xytext=(3, 0),
-            textcoords="offset points",
-            color=cmap(norm(depth)),
-        )
     colorbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax)
-    colorbar.set_label("activation layer (1 = first)")
+    colorbar.set_label(f"activation layer, 1 = {layers[0]} ... {len(layers)} = {layers[-1]}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("clipping level alpha")
     ax.set_title(title or "PACT clipping levels over training")
