@@ -41,7 +41,9 @@ def dorefa(w: Tensor, bit_width: int | Tensor) -> Tensor:
     # A weight tensor of zeros has no range; the floor keeps it finite (all values map to the
     # level next to zero, as DoReFa has no zero level for odd 2^k - 1).
     r = t / (2 * t.abs().max().clamp(min=1e-12)) + 0.5
-    return 2 * round_ste(r * levels) / levels - 1
+    # (2 i - n) / n, written as integer times scale: the form a symmetric integer quantizer
+    # dequantizes to, so an export with scale 1/n reproduces these values bit for bit.
+    return (2 * round_ste(r * levels) - levels) * (1 / levels)
 
 
 class DoReFaWeightQuant(nn.Module):
