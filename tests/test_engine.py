@@ -165,6 +165,7 @@ def test_cli_user_errors_exit_2_with_one_message(argv, message, capsys, tmp_path
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"\x80\x04garbage")
     with pytest.raises(CheckpointError, match="corrupted or not a PyTorch checkpoint"):

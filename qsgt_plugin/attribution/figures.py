@@ -44,7 +44,7 @@ def attribution_grid(
         titles: a caption per image (e.g. its label).
     """
     n, cols = images.shape[0], len(maps) + 1
-    fig = Figure(figsize=(1.6 * cols, 1.6 * n + 0.4), dpi=80)
+    fig = Figure(figsize=(1.7 * cols, 1.6 * n + 0.6), dpi=80)
     axes = fig.subplots(n, cols, squeeze=False)
     std_, mean_ = (torch.tensor(v).view(1, -1, 1, 1) for v in (std, mean))
     shown = (images.cpu() * std_ + mean_).clamp(0, 1)
@@ -64,11 +64,11 @@ def attribution_grid(
                 sign="absolute_value",
                 plt_fig_axis=(fig, axes[row, col]),
                 use_pyplot=False,
-                title=name if row == 0 else None,
+                title=name.replace(" (", "\n(") if row == 0 else None,
             )
     axes[0, 0].set_title("image", fontsize=9)
     for ax in axes[0, 1:]:
-        ax.title.set_fontsize(8)
+        ax.title.set_fontsize(7)
     fig.suptitle(f"|{method}| attributions", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -190,8 +190,11 @@ def _markdown(numbers: dict[str, Any], out: Path) -> str:
         )
     lines += [
         "",
-        "Float views are the quantized runs with quantization disabled (no retraining, "
-        "no copy); size counts quantized weights at their bit width.",
+        "Size counts quantized weights at their bit width. Float views are the quantized runs "
+        "with quantization disabled (Brevitas' context: no retraining, no copy). With DoReFa "
+        "weights the float view runs on the latent weights, which DoReFa rescales by tanh and "
+        "max, so BatchNorm's statistics no longer fit and its accuracy says little; with "
+        "int_per_channel weights the float view stays close.",
     ]
     for dataset, parts in numbers["datasets"].items():
         comp, mask = parts["comparison"], parts["masking"]
