@@ -28,7 +28,6 @@ __all__ = [
     "check_names",
     "lr_factor",
     "make_loader",
-    "make_loaders",
     "make_optimizer",
     "make_scheduler",
     "make_sgt",
@@ -149,15 +148,17 @@ def make_scheduler(
     )
 
 
-def make_loaders(recipe: Recipe, device: torch.device) -> tuple[Loader, Loader]:
-    """Train (shuffled, augmented for CIFAR-10) and test loaders for the recipe's dataset."""
-    return make_loader(recipe, True, device), make_loader(recipe, False, device)
-
-
 def make_loader(
-    recipe: Recipe, train: bool, device: torch.device, limit: int | None = None
+    recipe: Recipe,
+    train: bool,
+    device: torch.device,
+    limit: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Loader:
-    """The recipe's train or test split; ``limit`` keeps its first images (after the subset)."""
+    """The recipe's train or test split; ``limit`` keeps its first images (after the subset).
+
+    ``shard`` is this process's ``(rank, world)`` in a distributed run (training split only).
+    """
     data = recipe.data
     info = DATASETS[data.dataset]
     images, labels = load_split(data.dataset, train, data.root)
@@ -176,6 +177,7 @@ def make_loader(
         augment=data.augment and data.dataset == "cifar10",
         device=device,
         generator=torch.Generator().manual_seed(recipe.train.seed),
+        shard=shard,
     )
 
 

@@ -152,6 +152,9 @@ class Loader:
         augment: CIFAR-style random crop and flip.
         device: where batches are produced (the split may already live there).
         generator: the random source of shuffling and augmentation (CPU).
+        shard: ``(rank, world)``: this process takes every ``world``-th image of each batch,
+            with every random draw made for the whole batch, so the ranks together see exactly
+            the batches of a single process.
     """
 
     def __init__(
@@ -166,6 +169,7 @@ class Loader:
         augment: bool = False,
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size = batch_size
@@ -174,6 +178,7 @@ class Loader:
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.shuffle, self.augment = shuffle, augment
         self.generator = generator if generator is not None else torch.Generator()
+        self.rank, self.world = shard
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -192,8 +197,10 @@ class Loader:
                 crops, flips = crop_flip_params(len(index), 4, self.generator, torch.device("cpu"))
             if i < skip:
                 continue
+            mine = slice(self.rank, None, self.world)
+            index = index[mine]
             x = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
             y = self.labels[index.to(self.labels.device)].to(self.device, non_blocking=True)
             if self.augment:
-                x = crop_flip(x, 4, crops.to(self.device), flips.to(self.device))
+                x = crop_flip(x, 4, crops[mine].to(self.device), flips[mine].to(self.device))
             yield (x.float().div_(255) - self.mean) / self.std, y

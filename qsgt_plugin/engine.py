@@ -1,12 +1,12 @@
 """Training and evaluation from a recipe. The loop is meant to be read in one sitting.
 
 A run directory holds ``recipe.yaml`` (the resolved recipe), ``metrics.jsonl`` (one JSON record
-per log interval and per evaluation, with every alpha), ``last.pt`` and ``best.pt``.
+per log interval and per evaluation, with every alpha), ``last.pt`` and ``best.pt``. Under
+``torchrun`` every process trains its share of each batch and only rank 0 writes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,25 +19,29 @@ from tqdm import tqdm
 from qsgt_plugin.build import (
     build_model,
     check_names,
-    make_loaders,
+    make_loader,
     make_optimizer,
     make_scheduler,
     make_sgt,
     resolve_device,
 )
-from qsgt_plugin.checkpoint import load_checkpoint, save_checkpoint
 from qsgt_plugin.data import Loader
+from qsgt_plugin.distributed import Distributed, setup
 from qsgt_plugin.quant import alphas
-from qsgt_plugin.recipe import Recipe, save_recipe
+from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.run_dir import RunDir, RunDirError, RunExistsError
+from qsgt_plugin.utils import unwrap
 
-__all__ = ["RunExistsError", "RunResult", "TrainingDivergedError", "evaluate", "train"]
+__all__ = [
+    "RunDirError",
+    "RunExistsError",
+    "RunResult",
+    "TrainingDivergedError",
+    "evaluate",
+    "train",
+]
 
 log = logging.getLogger(__name__)
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "recipe.yaml")
-
-
-class RunExistsError(FileExistsError):
-    """The output directory already holds a run and neither resume nor overwrite was asked."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -64,49 +68,62 @@ class Progress:
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Run the experiment a recipe describes; see the module docstring for what it writes."""
     check_names(recipe)
-    run_dir = _prepare_run_dir(Path(recipe.output.dir), resume, overwrite)
-    device = resolve_device(recipe.train.device)
+    dd = setup(resolve_device(recipe.train.device))
+    try:
+        return _train(recipe, resume, overwrite, dd)
+    finally:
+        dd.close()
+
+
+def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> RunResult:
+    device = dd.device(resolve_device(recipe.train.device))
+    run = RunDir.prepare(Path(recipe.output.dir), resume, overwrite, writer=dd.main)
+    dd.barrier()  # the directory exists (and was cleared) before any rank reads it
     torch.manual_seed(recipe.train.seed)
-    train_loader, test_loader = make_loaders(recipe, device)
+    train_loader = make_loader(recipe, True, device, shard=(dd.rank, dd.world))
+    test_loader = make_loader(recipe, False, device)
 
     model = build_model(recipe.model.name, recipe.model.kwargs, recipe.quant).to(device)
-    resumed = (
-        load_checkpoint(run_dir / "last.pt") if resume and (run_dir / "last.pt").exists() else None
-    )
+    resumed = run.checkpoint(resume)
     if resumed:
         # Weights first: Brevitas may re-create quantizer parameters on load, and the optimizer
         # must hold the parameters that train.
         model.load_state_dict(resumed["model"])
+    model = dd.wrap(model, device)
     sgt = make_sgt(model, recipe.sgt)
     criterion = nn.CrossEntropyLoss()
     optimizer = make_optimizer(model, recipe.optim)
     total_steps = recipe.train.max_steps or recipe.train.epochs * len(train_loader)
     scheduler = make_scheduler(optimizer, recipe.schedule, total_steps)
 
-    progress = Progress()
-    metrics = run_dir / "metrics.jsonl"
+    progress = _restore(resumed, optimizer, scheduler, train_loader) if resumed else Progress()
+    run.start_log(progress.step if resumed else None)
+    run.save_recipe(recipe)
     if resumed:
-        progress = _restore(resumed, optimizer, scheduler, train_loader)
-        _truncate_metrics(metrics, progress.step)
-        log.info("resumed %s at step %d (epoch %d)", run_dir, progress.step, progress.epoch + 1)
-    else:  # a fresh start: no records of an earlier attempt that never checkpointed
-        metrics.unlink(missing_ok=True)
-    save_recipe(recipe, run_dir / "recipe.yaml")
-    if progress.step == 0:  # the starting point of the alpha trajectories
-        _append(
-            metrics,
+        log.info("resumed %s at step %d (epoch %d)", run.path, progress.step, progress.epoch + 1)
+    else:  # the starting point of the alpha trajectories
+        run.log(
             dict(
                 kind="init",
                 epoch=0.0,
                 step=0,
                 lr=scheduler.get_last_lr()[0],
                 alphas=_alpha_values(model),
-            ),
+            )
         )
 
     def checkpoint(name: str, test_acc: float) -> None:
-        payload = _checkpoint_payload(recipe, model, optimizer, scheduler, train_loader, progress)
-        save_checkpoint({**payload, "test_acc": test_acc}, run_dir / name)
+        payload = _payload(recipe, model, optimizer, scheduler, train_loader, progress)
+        run.save(name, {**payload, "test_acc": test_acc})
+
+    def check_finite(nonfinite_at: Tensor) -> None:
+        step = int(dd.any(nonfinite_at).item())
+        if step >= 0:
+            raise TrainingDivergedError(
+                f"the loss became NaN or infinite at step {step}; training stopped and the "
+                f"last good checkpoint ({run.path / 'last.pt'}, if any) is kept. Lower optim.lr "
+                "or check the data, then continue with --resume or start over with --overwrite."
+            )
 
     started = time.time()
     test_acc = float("nan")
@@ -125,7 +142,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> R
             initial=progress.batch,
             desc=f"epoch {progress.epoch + 1}",
             leave=False,
-            disable=None,
+            disable=None if dd.main else True,
         )
         for x, y in bar:
             # Forward: cross-entropy, plus SGT's KL term on the masked input when enabled.
@@ -144,13 +161,13 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> R
             )
             parts = sgt.last if sgt and sgt.active else {}
             ce, kl = parts.get("ce", detached), parts.get("kl", torch.zeros((), device=device))
-            sums += torch.stack([detached, ce, kl, torch.ones((), device=device)])
-            epoch_loss += torch.stack([detached, torch.ones((), device=device)])
+            one = torch.ones((), device=device)
+            sums += torch.stack([detached, ce, kl, one])
+            epoch_loss += torch.stack([detached, one])
             if progress.step % recipe.train.log_every == 0:
-                _check_finite(nonfinite_at, run_dir)
+                check_finite(nonfinite_at)
                 mean = (sums[:3] / sums[3]).tolist()
-                _append(
-                    metrics,
+                run.log(
                     dict(
                         kind="train",
                         epoch=_epochs(progress, train_loader),
@@ -160,26 +177,26 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> R
                         kl=mean[2],
                         lr=scheduler.get_last_lr()[0],
                         alphas=_alpha_values(model),
-                    ),
+                    )
                 )
                 bar.set_postfix(loss=f"{mean[0]:.3f}")
                 sums.zero_()
             every = recipe.train.checkpoint_every
             if every and progress.step % every == 0 and progress.step < total_steps:
-                _check_finite(nonfinite_at, run_dir)
+                check_finite(nonfinite_at)
                 checkpoint("last.pt", test_acc)
             if progress.step >= total_steps:
                 break
         bar.close()
-        _check_finite(nonfinite_at, run_dir)
+        check_finite(nonfinite_at)
 
         # End of an epoch (or of the run): evaluate, log, checkpoint.
         if progress.batch == len(train_loader):
             progress.epoch, progress.batch = progress.epoch + 1, 0
-        test_acc, test_loss = evaluate(model, test_loader)
+        dd.sync_buffers(model)  # every rank evaluates, checkpoints and resumes the same model
+        test_acc, test_loss = evaluate(unwrap(model), test_loader)
         train_loss = (epoch_loss[0] / epoch_loss[1].clamp(min=1)).item()
-        _append(
-            metrics,
+        run.log(
             dict(
                 kind="eval",
                 epoch=_epochs(progress, train_loader),
@@ -190,22 +207,29 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> R
                 lr=scheduler.get_last_lr()[0],
                 alphas=_alpha_values(model),
                 elapsed=time.time() - started,
-            ),
+            )
         )
-        log.info(
-            "step %d: train loss %.4f, test accuracy %.2f%%",
-            progress.step,
-            train_loss,
-            100 * test_acc,
-        )
+        if dd.main:
+            log.info(
+                "step %d: train loss %.4f, test accuracy %.2f%%",
+                progress.step,
+                train_loss,
+                100 * test_acc,
+            )
         improved = test_acc > progress.best_acc
         progress.best_acc = max(progress.best_acc, test_acc)
         checkpoint("last.pt", test_acc)
         if improved:
             checkpoint("best.pt", test_acc)
+
+    if dd.enabled:
+        same = dd.identical(model)
+        run.log(dict(kind="ranks", step=progress.step, world=dd.world, identical=same))
+        if not same:
+            raise RuntimeError(f"the {dd.world} ranks ended with different weights")
     if test_acc != test_acc:  # nothing left to train (a finished run resumed): report it
-        test_acc, _ = evaluate(model, test_loader)
-    return RunResult(run_dir, test_acc, max(progress.best_acc, test_acc), progress.step)
+        test_acc, _ = evaluate(unwrap(model), test_loader)
+    return RunResult(run.path, test_acc, max(progress.best_acc, test_acc), progress.step)
 
 
 @torch.no_grad()
@@ -224,27 +248,14 @@ def evaluate(model: nn.Module, loader: Loader) -> tuple[float, float]:
     return correct.item() / n, loss.item() / n
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
-    if (run_dir / "last.pt").exists() and not (resume or overwrite):
-        raise RunExistsError(
-            f"{run_dir} already holds a run. Continue it with --resume, start over with "
-            "--overwrite, or write elsewhere with --set output.dir=PATH"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite and not resume:
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-    return run_dir
-
-
-def _checkpoint_payload(recipe, model, optimizer, scheduler, loader, progress) -> dict:
+def _payload(recipe, model, optimizer, scheduler, loader, progress) -> dict:
     rng = {"torch": torch.get_rng_state(), "loader": loader.generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     if progress.epoch_rng is not None:
         rng["loader_epoch"] = progress.epoch_rng
     return {
-        "model": model.state_dict(),
+        "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "step": progress.step,
@@ -278,33 +289,10 @@ def _restore(payload, optimizer, scheduler, loader) -> Progress:
     )
 
 
-def _check_finite(nonfinite_at: Tensor, run_dir: Path) -> None:
-    step = int(nonfinite_at.item())
-    if step >= 0:
-        raise TrainingDivergedError(
-            f"the loss became NaN or infinite at step {step}; training stopped and the last "
-            f"good checkpoint ({run_dir / 'last.pt'}, if any) is kept. Lower optim.lr or check "
-            "the data, then continue with --resume or start over with --overwrite."
-        )
-
-
 def _epochs(progress: Progress, loader: Loader) -> float:
     """Epochs done, fractional within an epoch (the x axis of alpha plots)."""
     return progress.epoch + progress.batch / len(loader)
 
 
 def _alpha_values(model: nn.Module) -> dict[str, float]:
-    return {name: alpha.item() for name, alpha in alphas(model).items()}
-
-
-def _append(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint a run resumes from (no duplicated lines)."""
-    if path.exists():
-        lines = path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+    return {name: alpha.item() for name, alpha in alphas(unwrap(model)).items()}

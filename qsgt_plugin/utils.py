@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["eval_mode", "frozen_parameters"]
+__all__ = ["eval_mode", "frozen_parameters", "unwrap"]
 
 
 @contextmanager
@@ -37,3 +38,8 @@ def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
