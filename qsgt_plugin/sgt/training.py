@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from qsgt_plugin.sgt.masking import FILLS, Fill, apply_mask, fill_values, rank_mask, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute, make_attribution
+from qsgt_plugin.utils import unwrap
 
 __all__ = ["FUSED_METHODS", "SGTHandle", "SaliencyGuidedTraining", "register_sgt"]
 
@@ -98,7 +99,10 @@ class SaliencyGuidedTraining:
 
     def saliency(self, x: Tensor, y: Tensor) -> Tensor:
         """``(N, H, W)`` saliency of the target logits from a Captum pass in eval mode."""
-        maps = attribute(self.model, x, y, self.attribution, **self.attribution_kwargs)
+        # On the module inside a DDP wrapper: an extra forward through the wrapper would
+        # prepare a gradient reduction that this input-only backward never completes.
+        model = unwrap(self.model)
+        maps = attribute(model, x, y, self.attribution, **self.attribution_kwargs)
         return reduce_saliency(maps, self.signed)
 
     def mask(self, x: Tensor, y: Tensor, saliency: Tensor | None = None) -> Tensor:
@@ -114,17 +118,37 @@ class SaliencyGuidedTraining:
 
     def loss(self, x: Tensor, y: Tensor, criterion: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """``criterion(f(x), y) + kl_weight * KL(p(x) || p(x_masked))``."""
-        if not self.active:
-            return criterion(self.model(x), y)
-        if self.fused:
+        self.check_batch(x, y)
+        if self.fused and self.active:
             x = x.detach().requires_grad_()
         logits = self.model(x)
+        _check_labels(y, logits)
         ce = criterion(logits, y)
+        if not self.active:
+            return ce
         self.last = {"ce": ce.detach()}
         return ce + self.kl_term(x, y, logits)
 
+    def check_batch(self, x: Tensor, y: Tensor) -> None:
+        """``ValueError`` / ``TypeError`` for a batch SGT cannot mask (no device sync)."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] == 0:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"SGT needs a non-empty batch of images (N, C, H, W), got {shape}")
+        expected = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        if not x.is_floating_point() or (expected is not None and x.dtype != expected):
+            raise TypeError(f"images must be {expected or 'floating point'}, got {x.dtype}")
+        if (
+            not isinstance(y, Tensor)
+            or y.shape != (x.shape[0],)
+            or y.is_floating_point()
+            or y.dtype == torch.bool
+        ):
+            got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"labels must be integers shaped ({x.shape[0]},), got {got}")
+
     def kl_term(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor:
         """``kl_weight * KL(p(x) || p(x_masked))`` given the clean forward's logits."""
+        _check_labels(y, logits)
         if self.fused:
             if not x.requires_grad:
                 raise ValueError(
@@ -145,6 +169,15 @@ class SaliencyGuidedTraining:
         )
         self.last["kl"] = kl.detach()
         return self.kl_weight * kl
+
+
+def _check_labels(y: Tensor, logits: Tensor) -> None:
+    """Labels in ``0 .. classes - 1``; checked on the CPU only (on a GPU it would sync)."""
+    if y.device.type == "cpu" and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+        raise ValueError(
+            f"labels must be class indices in 0..{logits.shape[1] - 1}, "
+            f"got {int(y.min())}..{int(y.max())}"
+        )
 
 
 class SGTHandle:
