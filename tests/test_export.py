@@ -1,0 +1,110 @@
+"""ONNX export through Brevitas QCDQ, checked with onnxruntime against PyTorch fake quantization."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+import torchvision
+
+from qsgt_plugin import convert
+from qsgt_plugin.cli import main
+from qsgt_plugin.quant.export import ExportError, export_onnx, export_ready
+
+
+def run_onnx(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x.numpy()})[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "weight_quant"),
+    [("pact", "dorefa"), ("pact_lsq", "int_per_channel"), ("pact", "int_per_channel")],
+)
+def test_exported_model_matches_pytorch_fake_quant(tmp_path, method, weight_quant):
+    model = convert(
+        timm.create_model("resnet20", in_chans=1),
+        bits=4,
+        method=method,
+        weight_quant=weight_quant,
+        alpha_init=3.0,
+    ).eval()
+    x = torch.randn(32, 1, 28, 28)
+    path = export_onnx(model, tmp_path / "m.onnx", x[:1])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = run_onnx(path, x)  # a batch of 32 through a graph traced with batch 1
+    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=1e-4)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Clip", "Conv"} <= ops
+
+
+def test_export_copy_is_bit_identical_and_leaves_the_model_alone():
+    model = convert(timm.create_model("resnet20"), bits=3).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        assert torch.equal(export_ready(model)(x), before)
+        assert torch.equal(model(x), before)
+
+
+def test_activations_shared_by_several_call_sites_export(tmp_path):
+    model = convert(
+        torchvision.models.resnet18(num_classes=5), bits=4, example_inputs=torch.randn(1, 3, 64, 64)
+    ).eval()
+    x = torch.randn(4, 3, 64, 64)
+    path = export_onnx(model, tmp_path / "r18.onnx", x[:1])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_array_equal(run_onnx(path, x).argmax(1), expected.argmax(1))
+
+
+def test_8_bit_dorefa_weights_cannot_be_exported(tmp_path):
+    model = convert(timm.create_model("resnet20"), bits=8).eval()
+    with pytest.raises(ExportError, match="8-bit DoReFa weights need 9-bit integers"):
+        export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+
+
+def test_missing_export_extra_is_named(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxoptimizer", None)
+    model = convert(timm.create_model("resnet20"), bits=4).eval()
+    with pytest.raises(ExportError, match=r"pip install 'qsgt-plugin\[export\]'"):
+        export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
+def test_cli_export_writes_onnx_and_prints_sizes(tmp_path, capsys):
+    run = tmp_path / "run"
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "quickstart.yaml")
+    assert (
+        main(
+            [
+                "train",
+                recipe,
+                "--set",
+                "train.max_steps=2",
+                "--set",
+                "sgt.enabled=false",
+                "--set",
+                "data.test_subset=50",
+                "--set",
+                f"output.dir={run}",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    out = capsys.readouterr().out
+    assert (run / "model.onnx").stat().st_size > 10_000
+    sizes = re.search(r"quantized bit widths: ([\d,]+) bytes; as fp32: ([\d,]+) bytes", out)
+    quantized, fp32 = (int(s.replace(",", "")) for s in sizes.groups())
+    assert fp32 > 7 * quantized
