@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -18,12 +20,33 @@ from pathlib import Path
 log = logging.getLogger("qsgt_plugin")
 
 
+def _launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Re-run this command under torchrun with ``--nproc`` processes."""
+    rest = list(argv)
+    i = rest.index("--nproc")
+    del rest[i : i + 2]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "qsgt_plugin.cli",
+        *rest,
+    ]
+    log.info("launching %s", " ".join(command))
+    return subprocess.call(command)
+
+
 def _train(args: argparse.Namespace) -> int:
     from qsgt_plugin.engine import train
     from qsgt_plugin.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     result = train(recipe, resume=args.resume, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     print(
         f"test accuracy {100 * result.test_acc:.2f}% (best {100 * result.best_acc:.2f}%) "
         f"after {result.step} steps; run written to {result.run_dir}"
@@ -130,6 +153,31 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from qsgt_plugin.attribution import load_run
+    from qsgt_plugin.quant import model_size_bytes, quantization_disabled
+    from qsgt_plugin.quant.export import export_onnx
+
+    run = load_run(args.checkpoint, data_root=args.data_root)
+    source = Path(args.checkpoint)
+    out = (
+        Path(args.out)
+        if args.out
+        else (source if source.is_dir() else source.parent) / "model.onnx"
+    )
+    x, _ = next(iter(run.test_loader(limit=1)))
+    export_onnx(run.model, out, x)
+    quantized = model_size_bytes(run.model)
+    with quantization_disabled(run.model):
+        fp32 = model_size_bytes(run.model)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes ONNX)")
+    print(
+        f"model size at its quantized bit widths: {quantized:,} bytes; as fp32: {fp32:,} bytes "
+        f"({fp32 / quantized:.1f}x smaller)"
+    )
+    return 0
+
+
 def _methods(_args: argparse.Namespace) -> int:
     from qsgt_plugin.plugins import get_registry
 
@@ -177,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in output.dir")
     p.add_argument("--overwrite", action="store_true", help="replace the run in output.dir")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes on this machine (runs torchrun; one per GPU)",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="test accuracy of a checkpoint")
@@ -236,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="Saliency", help=attribution_methods)
     p.set_defaults(func=_report)
 
+    p = sub.add_parser("export", help="export a checkpoint as a QCDQ ONNX model")
+    p.add_argument("checkpoint", help="a run directory or a checkpoint written by `qsgt train`")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (QCDQ)")
+    p.add_argument("--out", help="output file (default: model.onnx beside the checkpoint)")
+    p.add_argument("--data-root", help="dataset folder for the example input")
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("methods", help="list quantization methods and weight quantizers")
     p.set_defaults(func=_methods)
     p = sub.add_parser("models", help="list models registered by plugins")
@@ -247,9 +309,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from qsgt_plugin.attribution import RunError
     from qsgt_plugin.checkpoint import CheckpointError
     from qsgt_plugin.data import DatasetNotFoundError
-    from qsgt_plugin.engine import RunExistsError, TrainingDivergedError
+    from qsgt_plugin.engine import TrainingDivergedError
     from qsgt_plugin.plugins import PluginError
     from qsgt_plugin.recipe import RecipeError
+    from qsgt_plugin.run_dir import RunDirError, RunExistsError
 
     return (
         RecipeError,
@@ -257,6 +320,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DatasetNotFoundError,
         CheckpointError,
         RunExistsError,
+        RunDirError,
         TrainingDivergedError,
         PluginError,
         PermissionError,
@@ -264,8 +328,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "train" and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args, argv)
     try:
         return args.func(args)
     except _user_errors() as exc:
