@@ -154,10 +154,12 @@ def make_loader(
     device: torch.device,
     limit: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    fast: bool = False,
 ) -> Loader:
     """The recipe's train or test split; ``limit`` keeps its first images (after the subset).
 
-    ``shard`` is this process's ``(rank, world)`` in a distributed run (training split only).
+    ``shard`` is this process's ``(rank, world)`` in a distributed run (training split only);
+    ``fast`` keeps the split on the device and produces channels-last batches.
     """
     data = recipe.data
     info = DATASETS[data.dataset]
@@ -165,8 +167,9 @@ def make_loader(
     subset = data.train_subset if train else data.test_subset
     keep = min(n for n in (subset, limit, len(labels)) if n is not None)
     images, labels = images[:keep], labels[:keep]
+    layout = dict(device=device, resident=fast, channels_last=fast)
     if not train:
-        return Loader(images, labels, data.eval_batch_size, info.mean, info.std, device=device)
+        return Loader(images, labels, data.eval_batch_size, info.mean, info.std, **layout)
     return Loader(
         images,
         labels,
@@ -175,9 +178,9 @@ def make_loader(
         info.std,
         shuffle=True,
         augment=data.augment and data.dataset == "cifar10",
-        device=device,
         generator=torch.Generator().manual_seed(recipe.train.seed),
         shard=shard,
+        **layout,
     )
 
 

@@ -155,6 +155,9 @@ class Loader:
         shard: ``(rank, world)``: this process takes every ``world``-th image of each batch,
             with every random draw made for the whole batch, so the ranks together see exactly
             the batches of a single process.
+        resident: move the whole split to ``device`` once (uint8), so batches are gathered,
+            augmented and normalised there.
+        channels_last: produce batches in channels-last memory format.
     """
 
     def __init__(
@@ -170,8 +173,13 @@ class Loader:
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
         shard: tuple[int, int] = (0, 1),
+        resident: bool = False,
+        channels_last: bool = False,
     ) -> None:
+        if resident:
+            images, labels = images.to(device), labels.to(device)
         self.images, self.labels = images, labels
+        self.channels_last = channels_last
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
@@ -187,20 +195,26 @@ class Loader:
         return self.batches()
 
     def batches(self, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """One epoch of batches; ``skip`` batches are passed over with their random draws made,
-        so a run resumed mid-epoch sees exactly the batches it would have seen."""
+        """One epoch of batches, the first ``skip`` left out (a run resumed mid-epoch).
+
+        The epoch's random draws (order, crops, flips) are made at once on the CPU generator
+        and moved to the device once, so producing a batch never waits for the host.
+        """
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for i, start in enumerate(range(0, n, self.batch_size)):
-            index = order[start : start + self.batch_size]
-            if self.augment:
-                crops, flips = crop_flip_params(len(index), 4, self.generator, torch.device("cpu"))
-            if i < skip:
-                continue
-            mine = slice(self.rank, None, self.world)
-            index = index[mine]
-            x = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
+        if self.augment:
+            crops, flips = crop_flip_params(n, 4, self.generator, torch.device("cpu"))
+            crops, flips = crops.to(self.device), flips.to(self.device)
+        order = order.to(self.images.device)
+        mine = slice(self.rank, None, self.world)
+        for start in range(skip * self.batch_size, n, self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            index = order[batch][mine]
+            x = self.images[index].to(self.device, non_blocking=True)
             y = self.labels[index.to(self.labels.device)].to(self.device, non_blocking=True)
             if self.augment:
-                x = crop_flip(x, 4, crops[mine].to(self.device), flips[mine].to(self.device))
-            yield (x.float().div_(255) - self.mean) / self.std, y
+                x = crop_flip(x, 4, crops[batch][mine], flips[batch][mine])
+            x = (x.float().div_(255) - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y

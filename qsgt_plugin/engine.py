@@ -27,6 +27,7 @@ from qsgt_plugin.build import (
 )
 from qsgt_plugin.data import Loader
 from qsgt_plugin.distributed import Distributed, setup
+from qsgt_plugin.fast import CompiledStep, resolve_auto
 from qsgt_plugin.quant import alphas
 from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.run_dir import RunDir, RunDirError, RunExistsError
@@ -80,19 +81,26 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> Ru
     run = RunDir.prepare(Path(recipe.output.dir), resume, overwrite, writer=dd.main)
     dd.barrier()  # the directory exists (and was cleared) before any rank reads it
     torch.manual_seed(recipe.train.seed)
-    train_loader = make_loader(recipe, True, device, shard=(dd.rank, dd.world))
-    test_loader = make_loader(recipe, False, device)
+    fast = resolve_auto(recipe.train.fast_path, device)
+    train_loader = make_loader(recipe, True, device, shard=(dd.rank, dd.world), fast=fast)
+    test_loader = make_loader(recipe, False, device, fast=fast)
 
-    model = build_model(recipe.model.name, recipe.model.kwargs, recipe.quant).to(device)
+    # ``net`` is the model itself (what checkpoints hold); the step may run it compiled and
+    # wrapped in DDP.
+    net = build_model(recipe.model.name, recipe.model.kwargs, recipe.quant).to(device)
+    if fast:
+        net = net.to(memory_format=torch.channels_last)
     resumed = run.checkpoint(resume)
     if resumed:
         # Weights first: Brevitas may re-create quantizer parameters on load, and the optimizer
         # must hold the parameters that train.
-        model.load_state_dict(resumed["model"])
-    model = dd.wrap(model, device)
-    sgt = make_sgt(model, recipe.sgt)
+        net.load_state_dict(resumed["model"])
+    runner = CompiledStep(
+        net, lambda m: dd.wrap(m, device), resolve_auto(recipe.train.compile, device)
+    )
+    sgt = make_sgt(runner.model, recipe.sgt)
     criterion = nn.CrossEntropyLoss()
-    optimizer = make_optimizer(model, recipe.optim)
+    optimizer = make_optimizer(net, recipe.optim)
     total_steps = recipe.train.max_steps or recipe.train.epochs * len(train_loader)
     scheduler = make_scheduler(optimizer, recipe.schedule, total_steps)
 
@@ -108,12 +116,12 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> Ru
                 epoch=0.0,
                 step=0,
                 lr=scheduler.get_last_lr()[0],
-                alphas=_alpha_values(model),
+                alphas=_alpha_values(net),
             )
         )
 
     def checkpoint(name: str, test_acc: float) -> None:
-        payload = _payload(recipe, model, optimizer, scheduler, train_loader, progress)
+        payload = _payload(recipe, net, optimizer, scheduler, train_loader, progress)
         run.save(name, {**payload, "test_acc": test_acc})
 
     def check_finite(nonfinite_at: Tensor) -> None:
@@ -125,6 +133,15 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> Ru
                 "or check the data, then continue with --resume or start over with --overwrite."
             )
 
+    def forward_backward(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        # Cross-entropy, plus SGT's KL term on the masked input when enabled.
+        if sgt:
+            sgt.model = model
+        loss = sgt.loss(x, y, criterion) if sgt else criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
     started = time.time()
     test_acc = float("nan")
     while progress.step < total_steps:
@@ -132,7 +149,7 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> Ru
             progress.epoch_rng = train_loader.generator.get_state()
         else:  # resuming mid-epoch: replay this epoch's draws up to where the run stopped
             train_loader.generator.set_state(progress.epoch_rng)
-        model.train()
+        net.train()
         sums = torch.zeros(4, device=device)  # loss, ce, kl, steps since the last log line
         epoch_loss = torch.zeros(2, device=device)  # sum, count
         nonfinite_at = torch.full((), -1, device=device)
@@ -145,10 +162,7 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> Ru
             disable=None if dd.main else True,
         )
         for x, y in bar:
-            # Forward: cross-entropy, plus SGT's KL term on the masked input when enabled.
-            loss = sgt.loss(x, y, criterion) if sgt else criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = runner.run(forward_backward, x, y)
             optimizer.step()
             scheduler.step()
             progress.step += 1
@@ -176,7 +190,7 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> Ru
                         ce=mean[1],
                         kl=mean[2],
                         lr=scheduler.get_last_lr()[0],
-                        alphas=_alpha_values(model),
+                        alphas=_alpha_values(net),
                     )
                 )
                 bar.set_postfix(loss=f"{mean[0]:.3f}")
@@ -193,8 +207,8 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> Ru
         # End of an epoch (or of the run): evaluate, log, checkpoint.
         if progress.batch == len(train_loader):
             progress.epoch, progress.batch = progress.epoch + 1, 0
-        dd.sync_buffers(model)  # every rank evaluates, checkpoints and resumes the same model
-        test_acc, test_loss = evaluate(unwrap(model), test_loader)
+        dd.sync_buffers(net)  # every rank evaluates, checkpoints and resumes the same model
+        test_acc, test_loss = evaluate(net, test_loader)
         train_loss = (epoch_loss[0] / epoch_loss[1].clamp(min=1)).item()
         run.log(
             dict(
@@ -205,8 +219,9 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> Ru
                 test_loss=test_loss,
                 train_loss=train_loss,
                 lr=scheduler.get_last_lr()[0],
-                alphas=_alpha_values(model),
+                alphas=_alpha_values(net),
                 elapsed=time.time() - started,
+                compiled=runner.compiled,
             )
         )
         if dd.main:
@@ -223,12 +238,12 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> Ru
             checkpoint("best.pt", test_acc)
 
     if dd.enabled:
-        same = dd.identical(model)
+        same = dd.identical(net)
         run.log(dict(kind="ranks", step=progress.step, world=dd.world, identical=same))
         if not same:
             raise RuntimeError(f"the {dd.world} ranks ended with different weights")
     if test_acc != test_acc:  # nothing left to train (a finished run resumed): report it
-        test_acc, _ = evaluate(unwrap(model), test_loader)
+        test_acc, _ = evaluate(net, test_loader)
     return RunResult(run.path, test_acc, max(progress.best_acc, test_acc), progress.step)
 
 

@@ -96,6 +96,10 @@ class TrainSection(_Section):
     device: str = "auto"
     log_every: int = Field(50, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)
+    fast_path: Literal["auto"] | bool = "auto"
+    """Dataset on the device as uint8, augmentation there, channels-last; auto: on CUDA."""
+    compile: Literal["auto"] | bool = "auto"
+    """torch.compile the model (eager if that fails, with a log line); auto: on CUDA."""
 
     @field_validator("device")
     @classmethod
