@@ -1,0 +1,165 @@
+"""The fast path (device-resident data, channels-last, torch.compile with fallback) and the
+benchmark scripts' quick modes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qsgt_plugin.data import Loader
+from qsgt_plugin.engine import train
+from qsgt_plugin.fast import resolve_auto
+from qsgt_plugin.recipe import Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_data = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
+
+
+def test_auto_means_on_for_cuda_only():
+    assert resolve_auto("auto", torch.device("cuda")) is True
+    assert resolve_auto("auto", torch.device("cpu")) is False
+    assert resolve_auto(True, torch.device("cpu")) is True
+    assert resolve_auto(False, torch.device("cuda")) is False
+
+
+def test_resident_channels_last_batches_equal_the_plain_ones():
+    images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(50)
+
+    def loader(**fast):
+        return Loader(
+            images,
+            labels,
+            16,
+            (0.5,) * 3,
+            (0.25,) * 3,
+            shuffle=True,
+            augment=True,
+            generator=torch.Generator().manual_seed(4),
+            **fast,
+        )
+
+    plain = list(loader())
+    fast = list(loader(resident=True, channels_last=True))
+    for (x, y), (fx, fy) in zip(plain, fast, strict=True):
+        assert torch.equal(x, fx) and torch.equal(y, fy)
+        assert fx.is_contiguous(memory_format=torch.channels_last)
+
+
+def tiny(out: Path, **train_options) -> Recipe:
+    """Float ResNet-20 on 8192 real MNIST images: 128 steps, past early-training noise."""
+    return Recipe.model_validate(
+        {
+            "model": {"name": "resnet20", "kwargs": {"in_chans": 1}},
+            "quant": {"enabled": False},
+            "data": {
+                "dataset": "mnist",
+                "batch_size": 64,
+                "train_subset": 8192,
+                "test_subset": 1000,
+            },
+            "optim": {"lr": 0.05},
+            "schedule": {"name": "onecycle"},
+            "train": {"epochs": 1, "log_every": 8, **train_options},
+            "output": {"dir": str(out)},
+        }
+    )
+
+
+@needs_data
+@pytest.mark.slow
+def test_fast_path_trains_like_the_plain_path(tmp_path):
+    plain = train(tiny(tmp_path / "plain", fast_path=False, compile=False))
+    fast = train(tiny(tmp_path / "fast", fast_path=True, compile=False))
+    assert plain.step == fast.step == 128
+    # Channels-last only reorders floating-point sums: the same accuracy within noise.
+    assert abs(plain.test_acc - fast.test_acc) < 0.03, (plain.test_acc, fast.test_acc)
+
+
+@needs_data
+@pytest.mark.slow
+def test_torch_compile_on_the_cpu_trains_like_eager(tmp_path):
+    eager = train(tiny(tmp_path / "eager", compile=False))
+    compiled = train(tiny(tmp_path / "compiled", compile=True))
+    records = (compiled.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(records[-1])["compiled"] is True
+    assert abs(eager.test_acc - compiled.test_acc) < 0.03, (eager.test_acc, compiled.test_acc)
+
+
+@needs_data
+def test_a_model_that_fails_to_compile_trains_eagerly(tmp_path, monkeypatch, caplog):
+    def broken_compile(model, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("inductor could not lower this graph")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    recipe = tiny(tmp_path / "run", compile=True)
+    recipe.data.train_subset, recipe.train.max_steps = 256, 3
+    with caplog.at_level(logging.INFO, logger="qsgt_plugin.fast"):
+        result = train(recipe)
+    assert result.step == 3
+    assert "training path: compiled" in caplog.text
+    assert "torch.compile failed (RuntimeError: inductor could not lower this graph)" in caplog.text
+    evals = [
+        json.loads(line)
+        for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"eval"' in line
+    ]
+    assert evals[-1]["compiled"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script",
+    ["benchmarks/step_time.py", "benchmarks/throughput.py"],
+    ids=["step_time", "throughput"],
+)
+def test_benchmarks_run_in_quick_mode(script):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    assert "w4a4" in out and "fp32" in out
+    assert "failed" not in out
+
+
+@needs_data
+@pytest.mark.slow
+def test_reproduce_quick_appends_a_row(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/reproduce.py"),
+            "--quick",
+            "mnist-w4a4-sgt",
+            "--results",
+            str(results),
+            "--runs",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    text = results.read_text()
+    assert "PACT Table 1" in text
+    row = [line for line in text.splitlines() if line.startswith("| mnist-w4a4-sgt")]
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[1:6] == ["mnist", "resnet20", "pact", "w4a4", "yes"]
+    assert cells[7].endswith("%") and cells[10] == "CPU"
+    assert "python benchmarks/reproduce.py --quick mnist-w4a4-sgt" in cells[12]
