@@ -68,34 +68,15 @@ def build_model(
         quant = QuantSection.model_validate(quant)
     if quant is None or not quant.enabled:
         return model
-    return convert(
-        model,
-        method=quant.method,
-        weight_bits=quant.weight_bits,
-        act_bits=quant.act_bits,
-        weight_quant=quant.weight_quant,
-        first_last_bits=quant.first_last_bits,
-        first_last_weight_quant=quant.first_last_weight_quant,
-        overrides=quant.overrides,
-        alpha_init=quant.alpha_init,
-        inplace=True,
-    )
+    # The section's keys are convert()'s keyword arguments.
+    return convert(model, **quant.model_dump(exclude={"enabled"}), inplace=True)
 
 
 def make_sgt(model: nn.Module, sgt: SGTSection) -> SaliencyGuidedTraining | None:
     if not sgt.enabled:
         return None
-    return SaliencyGuidedTraining(
-        model,
-        mask_fraction=sgt.mask_fraction,
-        kl_weight=sgt.kl_weight,
-        attribution=sgt.attribution,
-        attribution_kwargs=sgt.attribution_kwargs,
-        signed=sgt.signed,
-        fill=sgt.fill,
-        fill_value=sgt.fill_value,
-        fused=sgt.fused,
-    )
+    # The section's keys are SaliencyGuidedTraining's keyword arguments.
+    return SaliencyGuidedTraining(model, **sgt.model_dump(exclude={"enabled"}))
 
 
 def make_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimizer:

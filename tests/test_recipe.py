@@ -123,3 +123,14 @@ def test_shipped_recipes_validate(path):
             2e-4,
         )
         assert raw["model"]["kwargs"].get("in_chans", 3) == (1 if dataset == "mnist" else 3)
+
+
+def test_quant_and_sgt_sections_are_the_keyword_arguments_they_feed():
+    import inspect
+
+    from qsgt_plugin import SaliencyGuidedTraining, convert
+    from qsgt_plugin.recipe import QuantSection, SGTSection
+
+    for section, function in ((QuantSection, convert), (SGTSection, SaliencyGuidedTraining)):
+        keys = set(section.model_fields) - {"enabled"}
+        assert keys <= set(inspect.signature(function).parameters), keys
