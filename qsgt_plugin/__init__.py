@@ -15,14 +15,14 @@ if _cpp_log.level == _logging.NOTSET:
 
 from qsgt_plugin import models  # noqa: F401  (files the CIFAR ResNets in timm's registry)
 from qsgt_plugin.hookspecs import hookimpl
-from qsgt_plugin.plugins import PluginError, get_registry, list_methods, list_models
+from qsgt_plugin.plugins import PluginError, convert, get_registry, list_methods, list_models
 from qsgt_plugin.quant import (
     ConversionSummary,
     QuantizationWarning,
     QuantMethod,
     WeightQuantizer,
     alphas,
-    convert,
+    calibrate_alphas,
     quantization_disabled,
 )
 from qsgt_plugin.sgt import SaliencyGuidedTraining, SGTHandle, register_sgt
@@ -39,6 +39,7 @@ __all__ = [
     "WeightQuantizer",
     "__version__",
     "alphas",
+    "calibrate_alphas",
     "convert",
     "get_registry",
     "hookimpl",

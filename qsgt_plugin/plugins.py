@@ -7,22 +7,27 @@ plugins register; :func:`get_registry` holds the process-wide one.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
+from typing import Any
 
 import pluggy
 import timm.models
 from torch import nn
 
 from qsgt_plugin import hookspecs
-from qsgt_plugin.quant.method import QuantMethod, WeightQuantizer
+from qsgt_plugin.errors import PluginError
+from qsgt_plugin.quant import convert as convert_with
+from qsgt_plugin.quant.method import Catalogue, QuantMethod, WeightQuantizer
 
 __all__ = [
     "BUILTIN_PLUGINS",
     "PluginError",
     "Registry",
+    "convert",
     "get_registry",
     "list_methods",
     "list_models",
@@ -39,12 +44,12 @@ BUILTIN_PLUGINS = {
 }
 
 
-class PluginError(RuntimeError):
-    """A plugin failed to load or registered something that clashes."""
-
-
 def make_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
     """A new PluginManager with the hook specifications and, by default, every installed plugin.
+
+    A plugin that fails to import is left out with a warning and recorded in the manager's
+    ``failed_plugins`` (name -> message): one broken package does not stop the others, and an
+    unknown name names the plugins that might have provided it.
 
     Args:
         load_entry_points: load the ``qsgt_plugin`` entry-point group. When this package is
@@ -53,6 +58,7 @@ def make_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManag
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.failed_plugins = {}
     if load_entry_points:
         _load_entry_points(pm, entry_points(group=ENTRY_POINT_GROUP))
         missing = [name for name in BUILTIN_PLUGINS if not pm.has_plugin(name)]
@@ -74,22 +80,26 @@ def _load_entry_points(pm: pluggy.PluginManager, eps: Iterable) -> None:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
         except Exception as exc:
             dist = ep.dist.name if ep.dist is not None else "an unknown distribution"
-            raise PluginError(
+            message = (
                 f"plugin {ep.name!r} ({ep.value}, from {dist}) failed to import: {exc}. "
                 f"Fix or uninstall {dist}."
-            ) from exc
+            )
+            log.warning("%s It is left out.", message)
+            pm.failed_plugins[ep.name] = message
 
 
-class Registry:
+class Registry(Catalogue):
     """Quantization methods, weight quantizers and models registered by a PluginManager's plugins.
 
     Each registration hook is called once per plugin, so a clash names both plugins.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
+        failed = getattr(pm, "failed_plugins", {})
+        hint = "".join(f"; {message}" for message in failed.values())
+        super().__init__(hint=f" (a plugin that failed to load may provide it{hint})" * bool(hint))
         self.pm = pm
-        self.methods: dict[str, QuantMethod] = {}
-        self.weight_quantizers: dict[str, WeightQuantizer] = {}
+        self.failed_plugins: dict[str, str] = dict(failed)
         self.models: dict[str, Callable[..., nn.Module]] = {}
         self._owner: dict[tuple[str, str], str] = {}
         self._collect("register_quant_methods", "quantization method", self._add_method)
@@ -135,28 +145,12 @@ class Registry:
             timm.models.register_model(fn)
         self.models[name] = fn
 
-    def method(self, name: str) -> QuantMethod:
-        """The quantization method ``name``; ``ValueError`` listing the known ones otherwise."""
-        return _lookup(self.methods, name, "quantization method")
-
-    def weight_quantizer(self, name: str) -> WeightQuantizer:
-        """The weight quantizer ``name``; ``ValueError`` listing the known ones otherwise."""
-        return _lookup(self.weight_quantizers, name, "weight quantizer")
-
 
 def _item_name(item: object, kind: str) -> str:
     name = getattr(item, "name", None) if kind != "model" else getattr(item, "__name__", None)
     if not isinstance(name, str) or not name:
         raise PluginError(f"a plugin registered a {kind} without a name: {item!r}")
     return name
-
-
-def _lookup(table: dict, name: str, kind: str):
-    try:
-        return table[name]
-    except KeyError:
-        known = ", ".join(sorted(table)) or "none"
-        raise ValueError(f"unknown {kind} {name!r}; known: {known}") from None
 
 
 _registry: Registry | None = None
@@ -168,6 +162,14 @@ def get_registry() -> Registry:
     if _registry is None:
         _registry = Registry(make_plugin_manager())
     return _registry
+
+
+@functools.wraps(convert_with)
+def convert(model: nn.Module, bits: int = 4, **options: Any) -> nn.Module:
+    # qsgt_plugin.convert: method and weight-quantizer names resolve through the installed
+    # plugins (the built-ins among them) unless a registry is given.
+    options.setdefault("registry", get_registry())
+    return convert_with(model, bits, **options)
 
 
 def list_methods() -> list[str]:

@@ -28,18 +28,31 @@ ZOO = {
     "tv_resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 3),
     "tv_mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), 3),
     "resnet20": (lambda: timm.create_model("resnet20", num_classes=10), 3),
+    # F.relu after every convolution: functional call sites only
+    "tv_googlenet": (
+        lambda: torchvision.models.googlenet(num_classes=10, aux_logits=False, init_weights=True),
+        3,
+    ),
+    # nn.ReLU modules and one F.relu before the classifier
+    "tv_densenet121": (lambda: torchvision.models.densenet121(num_classes=10), 3),
 }
 
 
-def act_outputs(model: nn.Module) -> tuple[list, list]:
-    """Collect the outputs of every quantized activation of ``model`` during a forward."""
-    outs = []
-    handles = [
-        m.register_forward_hook(lambda _m, _i, o: outs.append(o.detach()))
-        for m in model.modules()
-        if isinstance(m, QuantAct)
-    ]
-    return outs, handles
+def record_activations(model: nn.Module) -> tuple[dict, list]:
+    """Input, output and output gradient of every quantized activation, by module."""
+    seen: dict[nn.Module, dict] = {}
+
+    def forward(module, inputs, output):
+        seen[module] = {"input": inputs[0].detach(), "output": output.detach()}
+
+    def backward(module, grad_input, grad_output):
+        seen[module]["grad_output"] = grad_output[0].detach()
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, QuantAct):
+            handles += [m.register_forward_hook(forward), m.register_full_backward_hook(backward)]
+    return seen, handles
 
 
 @pytest.mark.parametrize("bits", [2, 4])
@@ -50,17 +63,21 @@ def test_zoo_forward_backward_levels_and_alpha_gradients(name, bits):
     qmodel = convert(float_model, bits=bits, alpha_init=0.5)
     qmodel.train()
     x = torch.randn(4, chans, 64, 64)
-    outs, handles = act_outputs(qmodel)
+    seen, handles = record_activations(qmodel)
     y = qmodel(x)
+    y.logsumexp(1).sum().backward()
     for h in handles:
         h.remove()
-    y.logsumexp(1).sum().backward()
     assert y.shape == (4, 10) and torch.isfinite(y).all()
-    assert outs, "no quantized activation ran"
-    for out in outs:
-        assert out.unique().numel() <= 2**bits
-    for layer, alpha in alphas(qmodel).items():
-        assert alpha.grad is not None and alpha.grad.abs() > 0, layer
+    assert len(seen) == len(alphas(qmodel)), "every quantized activation ran once"
+    for module, record in seen.items():
+        assert record["output"].unique().numel() <= 2**bits
+        # PACT: d loss / d alpha = the output gradient summed where the input reaches alpha
+        alpha = next(p for p in module.act_quant.parameters() if p.dim() == 0)
+        expected = record["grad_output"][record["input"] >= alpha.detach()].sum()
+        torch.testing.assert_close(alpha.grad, expected, rtol=1e-4, atol=1e-5)
+    moving = sum(bool(a.grad.abs() > 0) for a in alphas(qmodel).values())
+    assert moving >= 0.9 * len(seen)  # only a few saturated layers see no clipped input
     grads = [p.grad for p in qmodel.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
@@ -113,10 +130,11 @@ def test_does_not_modify_its_argument_unless_inplace():
     qmodel = convert(model, bits=4)
     assert qmodel is not model and type(model.conv1) is nn.Conv2d
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    weight = model.layer1[0].conv1.weight
     same = convert(model, bits=4, inplace=True)
     assert same is model and type(model.conv1) is not nn.Conv2d
     # inplace keeps the very same parameter objects (an existing optimizer stays valid)
-    assert same.layer1[0].conv1.weight is same.layer1[0].conv1.weight
+    assert same.layer1[0].conv1.weight is weight
 
 
 def test_inplace_shares_parameters_with_the_float_model():
@@ -247,3 +265,87 @@ def test_public_api_matches_the_readme():
     qmodel = qsgt_plugin.convert(model, bits=4)
     assert qmodel(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert {"pact", "pact_lsq"} <= set(qsgt_plugin.list_methods())
+
+
+class TwoFunctionalReLUs(nn.Module):
+    """conv -> F.relu -> conv -> x.relu(), plus a float nn.ReLU module left alone by an override."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.keep = nn.ReLU()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu(self.conv1(x))
+        x = self.keep(self.conv2(x)).relu()
+        return self.fc(x.mean((2, 3)))
+
+
+def test_functional_activations_get_a_quantizer_per_call_in_order():
+    torch.manual_seed(0)
+    qmodel = convert(TwoFunctionalReLUs(), bits=2, overrides={"keep": None}).eval()
+    sites = alphas(qmodel)
+    assert list(sites) == ["qsgt_functional.0", "qsgt_functional.1"]
+    assert "keep" in qmodel.qsgt_summary.kept_float
+    assert qmodel.qsgt_summary.quantized["qsgt_functional"] == (
+        "F.relu, F.relu a2 (functional, 2 call sites)"
+    )
+    with torch.no_grad():
+        sites["qsgt_functional.0"].fill_(0.3)
+        sites["qsgt_functional.1"].fill_(0.9)
+    seen = []
+    hooks = [
+        site.register_forward_hook(lambda _m, _i, o: seen.append(o.max().item()))
+        for site in qmodel.qsgt_functional
+    ]
+    x = torch.randn(8, 1, 6, 6) * 5
+    for _ in range(2):  # every forward starts again at the first call site
+        seen.clear()
+        with torch.no_grad():
+            qmodel(x)
+        assert seen == pytest.approx([0.3, 0.9])
+        assert type(qmodel.keep) is nn.ReLU  # the float module's own F.relu is not routed
+    for h in hooks:
+        h.remove()
+
+
+def test_functional_sites_follow_a_deep_copy_and_survive_a_failing_forward():
+    qmodel = convert(TwoFunctionalReLUs(), bits=4)
+    twin = copy.deepcopy(qmodel)  # e.g. an EMA of the weights
+    with torch.no_grad():
+        for alpha in alphas(twin).values():
+            alpha.fill_(0.1)
+    x = torch.randn(4, 1, 6, 6) * 5
+    with torch.no_grad():
+        assert not torch.equal(twin(x), qmodel(x))  # each routes to its own quantizers
+    with pytest.raises(RuntimeError):
+        qmodel(torch.randn(4, 2, 6, 6))  # wrong channel count: the forward fails midway
+    assert not torch._C._is_torch_function_mode_enabled()  # no routing mode left behind
+    with torch.no_grad():
+        qmodel(x)
+
+
+def test_activations_without_a_quantized_form_are_listed():
+    with pytest.warns(QuantizationWarning, match=r"stay float: .*SiLU"):
+        qmodel = convert(timm.create_model("efficientnet_b0", num_classes=10), bits=4)
+    assert any("SiLU" in reason or "silu" in name for name, reason in
+               qmodel.qsgt_summary.unquantized.items())  # fmt: skip
+
+
+class GeluHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(self.fc(x))
+
+
+def test_functional_activations_without_a_quantized_form_are_listed():
+    with pytest.warns(QuantizationWarning, match=r"<root>: F\.gelu \(no quantized form"):
+        qmodel = convert(GeluHead(), bits=4, first_last_bits=None)
+    assert qmodel.qsgt_summary.unquantized == {
+        "<root>: F.gelu": "no quantized form of this activation"
+    }

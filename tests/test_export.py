@@ -108,3 +108,45 @@ def test_cli_export_writes_onnx_and_prints_sizes(tmp_path, capsys):
     sizes = re.search(r"quantized bit widths: ([\d,]+) bytes; as fp32: ([\d,]+) bytes", out)
     quantized, fp32 = (int(s.replace(",", "")) for s in sizes.groups())
     assert fp32 > 7 * quantized
+
+
+def test_a_relu6_site_caps_at_6_in_the_exported_graph_when_alpha_is_larger(tmp_path):
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4),
+    )  # fmt: skip
+    model = convert(net, bits=8, weight_quant="int_per_channel", alpha_init=10.0).eval()
+    model[1].bias.data.fill_(5.0)  # most activations above 6
+    x = torch.randn(8, 3, 16, 16)
+    path = export_onnx(model, tmp_path / "m.onnx", x[:1])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(run_onnx(path, x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: timm.create_model("mobilenetv2_050", num_classes=10),
+        lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5),
+    ],
+    ids=["timm-mobilenetv2", "torchvision-mobilenet_v2"],
+)
+def test_mobilenet_v2_exports_its_relu6_sites(tmp_path, build):
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 64, 64)
+    model = convert(build(), bits=8, weight_quant="int_per_channel", example_inputs=x[:1]).eval()
+    with torch.no_grad():  # activations well above 6, below the default alpha of 10
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.fill_(4.0)
+    path = export_onnx(model, tmp_path / "m.onnx", x[:1])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = run_onnx(path, x)
+    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+    # onnxruntime's convolutions round differently in the last bits, which moves a few values
+    # across an 8-bit level; with the ReLU6 cap lost the typical error is a quarter of the scale.
+    scale = np.abs(expected).mean()
+    assert np.median(np.abs(got - expected)) < 1e-4 * scale
+    assert np.abs(got - expected).max() < 0.01 * np.abs(expected).max()

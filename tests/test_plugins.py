@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import re
+import sys
 import textwrap
 
 import pytest
@@ -14,12 +17,18 @@ from qsgt_plugin.plugins import (
     BUILTIN_PLUGINS,
     PluginError,
     Registry,
-    get_registry,
     list_methods,
     list_models,
     make_plugin_manager,
 )
-from qsgt_plugin.quant import PACTActPerTensorFloat, QuantMethod, alphas, convert
+from qsgt_plugin.quant import (
+    IntWeightPerChannelFloat,
+    PACTActPerTensorFloat,
+    QuantMethod,
+    WeightQuantizer,
+    alphas,
+    convert,
+)
 
 
 def fresh_registry(*plugins: object) -> Registry:
@@ -47,8 +56,22 @@ def test_every_hook_of_the_builtins_registers_something():
 
 
 def test_module_level_listings():
-    assert list_methods() == sorted(get_registry().methods)
-    assert "resnet20" in list_models()
+    assert list_methods() == ["pact", "pact_lsq"]
+    assert list_models() == ["resnet20", "resnet32", "resnet44", "resnet56"]
+
+
+def test_cli_lists_methods_weight_quantizers_and_models(capsys):
+    from qsgt_plugin.cli import main
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(
+        r"^pact +PACT, exact clipping-level gradient .*\[weights: dorefa\]$", out, re.M
+    )
+    assert re.search(r"^pact_lsq +PACT forward, Brevitas' built-in learned scale", out, re.M)
+    assert re.search(r"^int_per_channel +symmetric narrow-range integer weights", out, re.M)
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.split() == ["resnet20", "resnet32", "resnet44", "resnet56"]
 
 
 class ShiftedPACT:
@@ -79,7 +102,24 @@ def test_a_name_registered_twice_names_both_plugins():
         Registry(pm)
 
 
-def test_a_model_plugin_files_its_model_in_timm():
+@pytest.fixture
+def timm_registry_restored():
+    """Models a test files in timm's registry are gone when it ends."""
+    from timm.models import _registry
+
+    saved = {
+        name: copy.copy(getattr(_registry, name))
+        for name in dir(_registry)
+        if name.startswith("_model") and isinstance(getattr(_registry, name), (dict, set))
+    }
+    yield
+    for name, value in saved.items():
+        current = getattr(_registry, name)
+        current.clear()
+        current.update(value)
+
+
+def test_a_model_plugin_files_its_model_in_timm(timm_registry_restored):
     def qsgt_test_tiny_net(pretrained=False, num_classes=10, **kwargs):
         return nn.Sequential(nn.Flatten(), nn.Linear(12, num_classes))
 
@@ -92,6 +132,30 @@ def test_a_model_plugin_files_its_model_in_timm():
     assert registry.models["qsgt_test_tiny_net"] is qsgt_test_tiny_net
     model = timm.create_model("qsgt_test_tiny_net", num_classes=3)
     assert model(torch.randn(2, 3, 2, 2)).shape == (2, 3)
+
+
+def test_the_test_model_left_timm_registry():
+    assert not timm.is_model("qsgt_test_tiny_net")
+
+
+class Ternary:
+    """A third-party weight quantizer: 2-bit integers per channel under its own name."""
+
+    @hookimpl
+    def register_weight_quantizers(self, register):
+        register(WeightQuantizer("ternary", IntWeightPerChannelFloat.let(bit_width=2)))
+
+
+def test_a_third_party_weight_quantizer_through_the_registry():
+    registry = fresh_registry(Ternary())
+    qmodel = convert(
+        timm.create_model("resnet20"), bits=4, weight_quant="ternary", registry=registry
+    )
+    assert qmodel.qsgt_summary.weight_quant == "ternary"
+    assert qmodel.qsgt_summary.quantized["layer1.0.conv1"] == "Conv2d w4 ternary"
+    weight = qmodel.layer1[0].conv1.quant_weight().value
+    for channel in weight:
+        assert channel.unique().numel() <= 2**4 - 1  # narrow range: -7 .. 7
 
 
 def test_a_model_clashing_with_timm_is_an_error():
@@ -147,10 +211,34 @@ def test_a_third_party_package_adds_a_method_with_an_entry_point_only(tmp_path, 
     assert qmodel.qsgt_summary.method == "demo_lsq"
 
 
-def test_a_plugin_that_fails_to_import_is_named(tmp_path, monkeypatch):
+def test_a_plugin_that_fails_to_import_is_named_and_breaks_nothing_else(
+    tmp_path, monkeypatch, caplog
+):
     write_distribution(tmp_path, "qsgt_ext_broken", "raise ImportError('missing dependency xyz')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry(make_plugin_manager())
+    assert "failed to import: missing dependency xyz" in caplog.text
+    assert registry.failed_plugins.keys() == {"qsgt_ext_broken"}
+    qmodel = convert(timm.create_model("resnet20"), method="pact", registry=registry)
+    assert len(alphas(qmodel)) == 19  # the built-ins still work
     with pytest.raises(
-        PluginError, match=r"'qsgt_ext_broken'.*failed to import: missing dependency"
+        ValueError, match=r"unknown quantization method 'demo'.*'qsgt_ext_broken'.*failed"
     ):
-        make_plugin_manager()
+        registry.method("demo")
+
+
+def test_every_hook_specification_has_a_test_here():
+    """As datasette does: a hook nobody exercises here is a hook nobody knows works."""
+    import inspect
+
+    from qsgt_plugin import hookspecs
+
+    source = inspect.getsource(sys.modules[__name__])
+    hooks = [
+        name
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(fn, "qsgt_plugin_spec")
+    ]
+    assert hooks == ["register_models", "register_quant_methods", "register_weight_quantizers"]
+    for hook in hooks:
+        assert f"def {hook}(self, register)" in source, f"no test plugin implements {hook}"

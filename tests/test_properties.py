@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 import pytest
 import torch
@@ -58,7 +59,14 @@ def test_random_recipe_documents_validate_or_raise_recipe_error(tmp_path, docume
     try:
         recipe = load_recipe(path)
     except RecipeError as exc:
-        assert str(exc).startswith("invalid recipe") or "recipe" in str(exc)
+        # Every problem is listed on its own line, under a key path the document has.
+        head, *problems = str(exc).splitlines()
+        assert head == f"invalid recipe {path}:"
+        assert problems
+        for problem in problems:
+            assert problem.startswith("  - ") and ": " in problem, problem
+            keys = tuple(k if k.isprintable() else repr(k) for k in document)
+            assert problem[4:].startswith(keys), problem  # a key of the document
     else:
         assert isinstance(recipe, Recipe)
 
@@ -85,6 +93,16 @@ def tiny_cnn() -> nn.Module:
 
 bits = st.one_of(
     st.integers(-3, 12), st.none(), st.floats(1, 9), st.text(max_size=2), st.booleans()
+)
+
+
+# convert()'s own messages: a bad bit width, an unknown method, a bad override, a failed dry run
+CONVERT_ERRORS = (
+    r"(bits|weight_bits|act_bits|first_last_bits|overrides\[.*\]\[.*\]) must be an integer 2\.\.8"
+    r"|unknown quantization method '.*'; known: pact, pact_lsq"
+    r"|overrides\[.*\] has unknown key '.*'; allowed:"
+    r"|override pattern\(s\) \[.*\] match no Conv/Linear/ReLU layer"
+    r"|the dry forward pass that finds layer call sites failed"
 )
 
 
@@ -123,10 +141,18 @@ def test_convert_gives_a_model_or_a_value_error(
             example_inputs=torch.randn(shape),
         )
     except ValueError as exc:
-        assert str(exc)
+        assert re.match(CONVERT_ERRORS, str(exc)), str(exc)
     else:
         with torch.no_grad():
             assert qmodel(torch.randn(2, 3, 6, 6)).shape == (2, 3)
+
+
+# SGT's own messages: the batch, its dtype, the labels
+SGT_ERRORS = (
+    r"SGT needs a non-empty batch of images \(N, C, H, W\)"
+    r"|images must be torch\.float32, got"
+    r"|labels must be (integers shaped|class indices in 0\.\.2, got)"
+)
 
 
 @SETTINGS
@@ -159,7 +185,7 @@ def test_sgt_loss_gives_a_loss_or_one_of_our_errors(
     try:
         loss = sgt.loss(x, y, nn.CrossEntropyLoss())
     except (ValueError, TypeError) as exc:
-        assert str(exc)
+        assert re.match(SGT_ERRORS, str(exc)), str(exc)
         return
     assert loss.dim() == 0
     if not nan:

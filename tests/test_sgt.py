@@ -249,7 +249,7 @@ def test_works_on_a_converted_model():
 
 def test_bad_options_are_clear_errors():
     model = small_cnn()
-    with pytest.raises(ValueError, match=r"mask_fraction must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"mask fraction must be in \[0, 1\], got 1.5"):
         SaliencyGuidedTraining(model, mask_fraction=1.5)
     with pytest.raises(ValueError, match="kl_weight must be >= 0"):
         SaliencyGuidedTraining(model, kl_weight=-1)

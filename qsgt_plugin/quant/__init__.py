@@ -1,5 +1,6 @@
 """Quantization: PACT activation and DoReFa / integer weight injectors, and ``convert()``."""
 
+from qsgt_plugin.quant.calibrate import calibrate_alphas
 from qsgt_plugin.quant.convert import ConversionSummary, QuantizationWarning, convert
 from qsgt_plugin.quant.method import QuantMethod, WeightQuantizer
 from qsgt_plugin.quant.pact import PACTActPerTensorFloat, PACTLSQActPerTensorFloat, pact_quantize
@@ -16,6 +17,7 @@ __all__ = [
     "QuantizationWarning",
     "WeightQuantizer",
     "alphas",
+    "calibrate_alphas",
     "convert",
     "dorefa",
     "model_size_bytes",

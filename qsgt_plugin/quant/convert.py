@@ -6,23 +6,24 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
+from qsgt_plugin.quant.builtin import BUILTINS
+from qsgt_plugin.quant.functional import FunctionalCallSites, FunctionalTrace
 from qsgt_plugin.quant.layers import (
     ACTIVATIONS,
     WEIGHT_LAYERS,
     CallSiteActivation,
+    QuantAct,
     is_quant_layer,
     quant_act,
     quant_weight_layer,
 )
-from qsgt_plugin.quant.method import QuantMethod
+from qsgt_plugin.quant.method import QuantMethod, Resolver, WeightQuantizer
+from qsgt_plugin.quant.pact import ALPHA_MIN
 from qsgt_plugin.quant.trace import example_input, trace_calls
-
-if TYPE_CHECKING:
-    from qsgt_plugin.plugins import Registry
 
 __all__ = ["MAX_BITS", "MIN_BITS", "ConversionSummary", "QuantizationWarning", "convert"]
 
@@ -71,14 +72,14 @@ def convert(
     method: str | QuantMethod = "pact",
     weight_bits: int | None = None,
     act_bits: int | None = None,
-    weight_quant: str | None = None,
+    weight_quant: str | WeightQuantizer | None = None,
     first_last_bits: int | None = 8,
-    first_last_weight_quant: str | None = "int_per_channel",
+    first_last_weight_quant: str | WeightQuantizer | None = "int_per_channel",
     overrides: dict[str, dict[str, int | None] | None] | None = None,
     alpha_init: float = 10.0,
     example_inputs: Tensor | tuple | None = None,
     inplace: bool = False,
-    registry: Registry | None = None,
+    registry: Resolver | None = None,
 ) -> nn.Module:
     """Quantize a float model: Conv/Linear weights and ReLU/ReLU6 activations.
 
@@ -88,7 +89,8 @@ def convert(
     Args:
         model: any ``nn.Module`` (timm, torchvision, your own).
         bits: default bit width of weights and activations, 2..8.
-        method: registered activation method (``qsgt_plugin.list_methods()``) or a QuantMethod.
+        method: a QuantMethod, or the name of one: built-in names resolve here; names that
+            plugins registered through ``qsgt_plugin.convert`` (or ``registry``).
         weight_bits, act_bits: override ``bits`` for weights / activations.
         weight_quant: registered weight quantizer; the method's default when None.
         first_last_bits: weight bits of the first and last weight layers in execution order;
@@ -101,7 +103,8 @@ def convert(
         alpha_init: initial clipping level of every activation.
         example_inputs: input for the dry run that finds call sites; guessed when None.
         inplace: modify ``model`` itself instead of a copy.
-        registry: where names are resolved; the installed plugins' when None.
+        registry: where names are resolved (``qsgt_plugin.get_registry()`` for plugins'); the
+            built-ins when None.
 
     Returns:
         The converted model, with a :class:`ConversionSummary` as ``.qsgt_summary``.
@@ -110,20 +113,17 @@ def convert(
         ValueError: bits outside 2..8, an unknown method or weight quantizer, a bad override or
             one that matches no layer, an already converted model.
     """
-    if registry is None:
-        from qsgt_plugin.plugins import get_registry
-
-        registry = get_registry()
+    registry = BUILTINS if registry is None else registry
     weight_bits = _check_bits("weight_bits", bits if weight_bits is None else weight_bits)
     act_bits = _check_bits("act_bits", bits if act_bits is None else act_bits)
     first_last_bits = _check_bits("first_last_bits", first_last_bits, allow_none=True)
     overrides = _check_overrides(overrides)
     if not isinstance(method, QuantMethod):
         method = registry.method(method)
-    wq = registry.weight_quantizer(weight_quant or method.weight_quant)
-    wq_ends = registry.weight_quantizer(first_last_weight_quant) if first_last_weight_quant else wq
-    if not alpha_init > 0:
-        raise ValueError(f"alpha_init must be positive, got {alpha_init}")
+    wq = _weight_quantizer(registry, weight_quant or method.weight_quant)
+    wq_ends = _weight_quantizer(registry, first_last_weight_quant or wq)
+    if not alpha_init > ALPHA_MIN:
+        raise ValueError(f"alpha_init must be greater than {ALPHA_MIN}, got {alpha_init}")
     if any(is_quant_layer(m) for m in model.modules()):
         raise ValueError("model already contains Brevitas quant layers; convert a float model")
 
@@ -173,6 +173,8 @@ def convert(
             continue
         model = _replace(model, mnames, new)
 
+    _convert_functional(model, trace.functional, names, method, act_bits, alpha_init, overrides,
+                        matched, summary)  # fmt: skip
     unmatched = [p for p in overrides if p not in matched]
     if unmatched:
         sample = ", ".join(list(summary.quantized)[:6])
@@ -190,6 +192,47 @@ def convert(
         )
     model.qsgt_summary = summary
     return model
+
+
+def _convert_functional(
+    model: nn.Module,
+    functional: FunctionalTrace,
+    names: dict[int, list[str]],
+    method: QuantMethod,
+    act_bits: int,
+    alpha_init: float,
+    overrides: dict,
+    matched: set[str],
+    summary: ConversionSummary,
+) -> None:
+    """Quantize the activations the model calls as functions; list the ones without a form."""
+    for key, kinds in functional.quantizable.items():
+        owner = functional.owners[key]
+        owner_names = names.get(id(owner), [""])
+        label = f"{owner_names[0]}.qsgt_functional".lstrip(".")
+        calls = ", ".join(f"F.{k.__name__.lower()}" for k in kinds)
+        abits = _resolve(overrides, owner_names, "act_bits", act_bits, matched)
+        if abits is None:
+            summary.kept_float[label] = f"{calls} (functional)"
+            continue
+        act_quant = method.act_quant.let(bit_width=abits, alpha_init=float(alpha_init))
+        sites = FunctionalCallSites(owner, [QuantAct(ACTIVATIONS[k], act_quant) for k in kinds])
+        owner.add_module("qsgt_functional", sites.train(owner.training))
+        owner.register_forward_pre_hook(sites.enter)
+        owner.register_forward_hook(sites.exit, always_call=True)
+        summary.quantized[label] = f"{calls} a{abits} (functional, {len(kinds)} call sites)"
+    for key, kinds in functional.other.items():
+        owner_name = names.get(id(functional.owners[key]), ["<root>"])[0] or "<root>"
+        for kind in sorted(set(kinds)):
+            summary.unquantized[f"{owner_name}: F.{kind}"] = "no quantized form of this activation"
+    for name in sorted(set(functional.unowned)):
+        summary.unquantized[f"{name} outside any module"] = "a call site convert() cannot reach"
+
+
+def _weight_quantizer(registry: Resolver, quantizer: str | WeightQuantizer) -> WeightQuantizer:
+    if isinstance(quantizer, WeightQuantizer):
+        return quantizer
+    return registry.weight_quantizer(quantizer)
 
 
 def _check_bits(name: str, value: Any, allow_none: bool = False) -> int | None:
@@ -268,11 +311,11 @@ def _owner(model: nn.Module, names: list[str]) -> nn.Module:
 
 
 def _replace(model: nn.Module, names: list[str], new: nn.Module) -> nn.Module:
+    """``new`` in place of the module at every one of ``names`` (the root when a name is "")."""
     for name in names:
         if not name:
             return new
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, new)
+        model.set_submodule(name, new)
     return model
 
 

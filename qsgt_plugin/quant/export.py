@@ -4,7 +4,10 @@ Brevitas exports its own quantizers. Before export, a copy of the model is rewri
 forward-identical stock ones:
 
 * exact PACT activations become Brevitas' learned-scale activations holding the same alpha
-  (``Uint8ActPerTensorFloatMaxInit``; the two agree bit for bit);
+  (``Uint8ActPerTensorFloatMaxInit``; the two agree bit for bit). Brevitas' exporter writes
+  only the quantizer (its range [0, alpha] stands for ReLU), so a ReLU6 site is exported as an
+  explicit ``Clip(0, 6)`` before it: with alpha > 6 the quantizer alone would pass values up to
+  alpha;
 * k-bit DoReFa weights are baked: the layer holds its quantized values, exported as
   (k+1)-bit symmetric integers, whose odd values are exactly DoReFa's 2^k levels;
 * integer weights and float layers are exported as they are.
@@ -23,17 +26,15 @@ from brevitas.proxy import ActQuantProxyFromInjector
 from brevitas.quant import Int8WeightPerTensorFloat, Uint8ActPerTensorFloatMaxInit
 from torch import Tensor, nn
 
+from qsgt_plugin.errors import ExportError
 from qsgt_plugin.quant.layers import QuantAct
-from qsgt_plugin.quant.pact import PACTReLU, PACTReLU6, StableActQuantProxy
+from qsgt_plugin.quant.pact import ALPHA_MIN, PACTReLU, PACTReLU6, StableActQuantProxy
+from qsgt_plugin.quant.state import clip_level
 from qsgt_plugin.quant.weight import DoReFaWeightQuant
 
 __all__ = ["ExportError", "export_onnx", "export_ready"]
 
 _FLOAT_ACT = {PACTReLU: nn.ReLU, PACTReLU6: nn.ReLU6}
-
-
-class ExportError(RuntimeError):
-    """A model or environment that cannot be exported, with the reason and the fix."""
 
 
 def export_ready(model: nn.Module) -> nn.Module:
@@ -43,7 +44,7 @@ def export_ready(model: nn.Module) -> nn.Module:
         if isinstance(module, QuantNonLinearActLayer) and isinstance(
             module.act_quant, StableActQuantProxy
         ):
-            _set(model, name, _stock_activation(name, module))
+            model.set_submodule(name, _stock_activation(name, module))
         elif isinstance(module, QuantWeightBiasInputOutputLayer) and isinstance(
             module.weight_quant.tensor_quant, DoReFaWeightQuant
         ):
@@ -82,21 +83,23 @@ def export_onnx(
     return path
 
 
-def _stock_activation(name: str, module: QuantNonLinearActLayer) -> QuantAct:
+def _stock_activation(name: str, module: QuantNonLinearActLayer) -> nn.Module:
     proxy = module.act_quant
-    scalars = [p for p in proxy.parameters() if p.dim() == 0]
-    if len(scalars) != 1 or proxy.is_signed:
+    level = clip_level(module)
+    if level is None or proxy.is_signed:
         raise ExportError(f"{name}: only unsigned activations with one clipping level export")
     act_impl = type(proxy.fused_activation_quant_proxy.activation_impl)
     bits = int(proxy.bit_width())
-    alpha = scalars[0].detach().abs().clamp(min=1e-3).item()
+    alpha = level.detach().abs().clamp(min=ALPHA_MIN).item()
     stock = QuantAct(
         _FLOAT_ACT.get(act_impl, act_impl),
         Uint8ActPerTensorFloatMaxInit.let(bit_width=bits, max_val=alpha),
     ).eval()
     if type(stock.act_quant) is not ActQuantProxyFromInjector:
         raise ExportError(f"{name}: unexpected activation proxy {type(stock.act_quant).__name__}")
-    return stock.to(scalars[0].device)
+    if act_impl is PACTReLU6:  # the quantizer's own clip stops at alpha, not at 6
+        stock = nn.Sequential(nn.Hardtanh(0.0, 6.0), stock)
+    return stock.to(level.device)
 
 
 def _bake_dorefa(name: str, layer: QuantWeightBiasInputOutputLayer) -> None:
@@ -112,8 +115,3 @@ def _bake_dorefa(name: str, layer: QuantWeightBiasInputOutputLayer) -> None:
     injector = Int8WeightPerTensorFloat.let(bit_width=bits + 1)
     layer.weight_quant = injector.proxy_class(layer, injector)
     layer.weight_quant.train(layer.training)
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, new)

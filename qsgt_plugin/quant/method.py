@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from brevitas.inject import ExtendedInjector
 
-__all__ = ["QuantMethod", "WeightQuantizer"]
+__all__ = ["Catalogue", "QuantMethod", "Resolver", "WeightQuantizer", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,38 @@ class WeightQuantizer:
     name: str
     weight_quant: type[ExtendedInjector]
     description: str = ""
+
+
+class Resolver(Protocol):
+    """Turns names into methods and weight quantizers: a :class:`Catalogue`, or the plugin
+    host's registry (``qsgt_plugin.plugins.Registry``)."""
+
+    def method(self, name: str) -> QuantMethod: ...
+
+    def weight_quantizer(self, name: str) -> WeightQuantizer: ...
+
+
+@dataclass
+class Catalogue:
+    """Methods and weight quantizers by name (the built-ins, or what plugins registered)."""
+
+    methods: dict[str, QuantMethod] = field(default_factory=dict)
+    weight_quantizers: dict[str, WeightQuantizer] = field(default_factory=dict)
+    hint: str = ""
+    """Appended to an unknown-name error (e.g. which plugins failed to load)."""
+
+    def method(self, name: str) -> QuantMethod:
+        """The method ``name``; ``ValueError`` listing the known ones otherwise."""
+        return lookup(self.methods, name, "quantization method", self.hint)
+
+    def weight_quantizer(self, name: str) -> WeightQuantizer:
+        """The weight quantizer ``name``; ``ValueError`` listing the known ones otherwise."""
+        return lookup(self.weight_quantizers, name, "weight quantizer", self.hint)
+
+
+def lookup(table: dict, name: str, kind: str, hint: str = ""):
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(table)) or "none"
+        raise ValueError(f"unknown {kind} {name!r}; known: {known}{hint}") from None

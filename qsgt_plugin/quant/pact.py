@@ -36,6 +36,7 @@ from brevitas.quant.solver.act import ActQuantSolver
 from torch import Tensor, nn
 
 __all__ = [
+    "ALPHA_MIN",
     "PACTActPerTensorFloat",
     "PACTClipLevel",
     "PACTLSQActPerTensorFloat",
@@ -45,6 +46,11 @@ __all__ = [
     "StableActQuantProxy",
     "pact_quantize",
 ]
+
+
+ALPHA_MIN = 1e-3
+"""The smallest clipping level: the forward pass floors alpha here, and ``convert()`` refuses an
+``alpha_init`` at or below it."""
 
 
 class _PACTFunction(torch.autograd.Function):
@@ -201,7 +207,7 @@ class PACTClipScaling(ExtendedInjector):
     tensor_quant = PACTQuant
     clip_level_impl = PACTClipLevel
     alpha_init = 10.0
-    alpha_min = 1e-3
+    alpha_min = ALPHA_MIN
 
 
 class PACTActPerTensorFloat(UintQuant, PACTClipScaling, ActQuantSolver):

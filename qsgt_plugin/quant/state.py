@@ -14,7 +14,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="fast_hadamard_transform")
     from brevitas.graph.calibrate import quantization_status_manager
 
-__all__ = ["alphas", "model_size_bytes", "quantization_disabled"]
+__all__ = ["alphas", "clip_level", "model_size_bytes", "quantization_disabled"]
 
 
 def alphas(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -32,10 +32,19 @@ def alphas(model: nn.Module) -> dict[str, nn.Parameter]:
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, QuantNonLinearActLayer):
-            scalars = [p for p in module.act_quant.parameters() if p.dim() == 0]
-            if scalars:
-                out[name] = scalars[0]
+            alpha = clip_level(module)
+            if alpha is not None:
+                out[name] = alpha
     return out
+
+
+def clip_level(layer: QuantNonLinearActLayer) -> nn.Parameter | None:
+    """The learned clipping level of an activation layer: its quantizer's one scalar parameter.
+
+    None for quantizers without exactly one (statistics-based scales, per-channel scales).
+    """
+    scalars = [p for p in layer.act_quant.parameters() if p.dim() == 0]
+    return scalars[0] if len(scalars) == 1 else None
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from qsgt_plugin.quant.functional import FunctionalTrace, record_functional
 from qsgt_plugin.utils import eval_mode
 
 __all__ = ["CallTrace", "example_input", "trace_calls"]
@@ -15,10 +16,12 @@ __all__ = ["CallTrace", "example_input", "trace_calls"]
 
 @dataclass
 class CallTrace:
-    """Modules in the order of their first call, and the number of calls of each (by ``id``)."""
+    """Modules in the order of their first call, the number of calls of each (by ``id``), and
+    the activations called as functions."""
 
     order: list[nn.Module] = field(default_factory=list)
     calls: Counter[int] = field(default_factory=Counter)
+    functional: FunctionalTrace = field(default_factory=FunctionalTrace)
 
 
 def example_input(model: nn.Module) -> Tensor:
@@ -52,7 +55,8 @@ def example_input(model: nn.Module) -> Tensor:
 def trace_calls(
     model: nn.Module, inputs: Tensor | tuple, types: tuple[type[nn.Module], ...]
 ) -> CallTrace:
-    """Run ``model`` once in eval mode without gradients and record calls of modules of ``types``.
+    """Run ``model`` once in eval mode without gradients; record calls of modules of ``types``
+    and of activation functions (``F.relu``, ...).
 
     Training flags of every submodule are restored afterwards; BatchNorm statistics are untouched.
     """
@@ -67,7 +71,7 @@ def trace_calls(
 
     handles = [m.register_forward_pre_hook(record) for m in model.modules() if type(m) in types]
     try:
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad(), record_functional(trace.functional):
             model(*inputs) if isinstance(inputs, tuple) else model(inputs)
     except Exception as exc:
         raise ValueError(

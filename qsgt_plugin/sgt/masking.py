@@ -13,7 +13,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["FILLS", "apply_mask", "fill_values", "mask_count", "rank_mask", "reduce_saliency"]
+__all__ = [
+    "FILLS",
+    "apply_mask",
+    "check_fill",
+    "check_fraction",
+    "fill_values",
+    "mask_count",
+    "rank_mask",
+    "reduce_saliency",
+]
 
 Fill = Literal["uniform", "mean", "constant"]
 FILLS: tuple[str, ...] = ("uniform", "mean", "constant")
@@ -28,11 +37,23 @@ def reduce_saliency(attribution: Tensor, signed: bool = False) -> Tensor:
     return (attribution if signed else attribution.abs()).mean(dim=1)
 
 
-def mask_count(fraction: float, height: int, width: int) -> int:
-    """Number of positions a fraction of an ``height x width`` map covers: ``round(f * H * W)``."""
+def check_fraction(fraction: float) -> float:
+    """``fraction`` if it lies in [0, 1]; ``ValueError`` otherwise."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"mask fraction must be in [0, 1], got {fraction}")
-    return round(fraction * height * width)
+    return fraction
+
+
+def check_fill(fill: str) -> str:
+    """``fill`` if it is one of :data:`FILLS`; ``ValueError`` otherwise."""
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; allowed: {', '.join(FILLS)}")
+    return fill
+
+
+def mask_count(fraction: float, height: int, width: int) -> int:
+    """Number of positions a fraction of an ``height x width`` map covers: ``round(f * H * W)``."""
+    return round(check_fraction(fraction) * height * width)
 
 
 def rank_mask(saliency: Tensor, fraction: float, lowest: bool = True) -> Tensor:
@@ -75,9 +96,8 @@ def fill_values(
         return lo + (hi - lo) * noise
     if fill == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
-    if fill == "constant":
-        return torch.full_like(x, value)
-    raise ValueError(f"unknown fill {fill!r}; allowed: {', '.join(FILLS)}")
+    check_fill(fill)
+    return torch.full_like(x, value)
 
 
 def apply_mask(x: Tensor, mask: Tensor, fill: Tensor) -> Tensor:

@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qsgt_plugin.sgt.masking import FILLS, Fill, apply_mask, fill_values, rank_mask, reduce_saliency
+from qsgt_plugin.sgt.masking import (
+    Fill,
+    apply_mask,
+    check_fill,
+    check_fraction,
+    fill_values,
+    rank_mask,
+    reduce_saliency,
+)
 from qsgt_plugin.sgt.saliency import attribute, make_attribution
 from qsgt_plugin.utils import unwrap
 
@@ -69,12 +77,10 @@ class SaliencyGuidedTraining:
         fused: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        if not 0.0 <= mask_fraction <= 1.0:
-            raise ValueError(f"mask_fraction must be in [0, 1], got {mask_fraction}")
+        check_fraction(mask_fraction)
+        check_fill(fill)
         if not kl_weight >= 0.0:
             raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
-        if fill not in FILLS:
-            raise ValueError(f"unknown fill {fill!r}; allowed: {', '.join(FILLS)}")
         if fused and attribution not in FUSED_METHODS:
             raise ValueError(
                 f"the fused path computes {' or '.join(FUSED_METHODS)} only, not {attribution!r}"
@@ -127,7 +133,7 @@ class SaliencyGuidedTraining:
         if not self.active:
             return ce
         self.last = {"ce": ce.detach()}
-        return ce + self.kl_term(x, y, logits)
+        return ce + self._kl_term(x, y, logits)
 
     def check_batch(self, x: Tensor, y: Tensor) -> None:
         """``ValueError`` / ``TypeError`` for a batch SGT cannot mask (no device sync)."""
@@ -149,6 +155,9 @@ class SaliencyGuidedTraining:
     def kl_term(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor:
         """``kl_weight * KL(p(x) || p(x_masked))`` given the clean forward's logits."""
         _check_labels(y, logits)
+        return self._kl_term(x, y, logits)
+
+    def _kl_term(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor:
         if self.fused:
             if not x.requires_grad:
                 raise ValueError(
