@@ -10,6 +10,7 @@ horizontal flip, with torchvision's semantics (zero padding before normalisation
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +20,12 @@ import torch
 import torchvision
 from torch import Tensor
 
+from qsgt_plugin.errors import DatasetNotFoundError
+from qsgt_plugin.models.resnet_cifar import CIFAR10_MEAN, CIFAR10_STD
+
 __all__ = [
     "DATASETS",
+    "FLIPS",
     "DatasetInfo",
     "DatasetNotFoundError",
     "Loader",
@@ -28,23 +33,27 @@ __all__ = [
     "crop_flip_params",
     "find_root",
     "load_split",
-    "random_crop_flip",
 ]
 
 DEFAULT_ROOT = Path("~/.cache/qsgt/data").expanduser()
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is missing or unreadable where it was looked for."""
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     cls: type
     folder: str
-    files: tuple[str, ...]
+    files: dict[str, str]
+    """File name -> md5 of the official release (the uncompressed MNIST files' published md5s,
+    CIFAR-10's as torchvision lists them)."""
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    shape: tuple[int, int, int]
+    """``(channels, height, width)`` of an image."""
+    train_size: int
+    padding: int
+    """Random-crop padding of the default augmentation (0: none)."""
+    flip: str
+    """Horizontal flips of the default augmentation (digits are not mirrored)."""
     num_classes: int = 10
 
 
@@ -52,21 +61,33 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         torchvision.datasets.MNIST,
         "MNIST/raw",
-        (
-            "train-images-idx3-ubyte",
-            "train-labels-idx1-ubyte",
-            "t10k-images-idx3-ubyte",
-            "t10k-labels-idx1-ubyte",
-        ),
+        {
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        shape=(1, 28, 28),
+        train_size=60000,
         mean=(0.1307,),
         std=(0.3081,),
+        padding=0,
+        flip="none",
     ),
     "cifar10": DatasetInfo(
         torchvision.datasets.CIFAR10,
         "cifar-10-batches-py",
-        (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
+        {
+            **{name: md5 for name, md5 in torchvision.datasets.CIFAR10.train_list},
+            **{name: md5 for name, md5 in torchvision.datasets.CIFAR10.test_list},
+            "batches.meta": torchvision.datasets.CIFAR10.meta["md5"],
+        },
+        shape=(3, 32, 32),
+        train_size=50000,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        padding=4,
+        flip="random",
     ),
 }
 
@@ -81,9 +102,13 @@ def find_root(root: str | os.PathLike | None = None) -> tuple[Path, str, bool]:
 
 
 def load_split(
-    name: str, train: bool, root: str | os.PathLike | None = None
+    name: str, train: bool, root: str | os.PathLike | None = None, verify: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """All images of a split as ``uint8 (N, C, H, W)`` and their labels as ``int64 (N,)``."""
+    """All images of a split as ``uint8 (N, C, H, W)`` and their labels as ``int64 (N,)``.
+
+    With ``verify`` the files must be the official release (their md5s); the labels must always
+    be class indices. A corrupted copy would otherwise train silently at chance.
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     info = DATASETS[name]
@@ -95,6 +120,8 @@ def load_split(
             f"{', '.join(missing)}. Put the dataset there in torchvision's layout, or point "
             "data.root in the recipe or the QSGT_DATA variable at the folder that holds it."
         )
+    if verify and not missing:
+        _verify(name, folder / info.folder, source)
     try:
         dataset = info.cls(str(folder), train=train, download=download and bool(missing))
         images = torch.as_tensor(dataset.data)
@@ -104,20 +131,37 @@ def load_split(
             f"{name} could not be loaded from {folder} (from {source}): {exc}. Check the files "
             "(a truncated or corrupted download?) or set data.root / QSGT_DATA."
         ) from exc
+    if len(labels) and (int(labels.min()) < 0 or labels.max() >= info.num_classes):
+        raise DatasetNotFoundError(
+            f"{name} in {folder} has labels {int(labels.min())}..{int(labels.max())}, outside "
+            f"0..{info.num_classes - 1}: the files are corrupted; use the official release"
+        )
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
     return images.contiguous(), labels
 
 
-def random_crop_flip(
-    images: Tensor, padding: int = 4, generator: torch.Generator | None = None
-) -> Tensor:
-    """torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()`` on a batch.
+_VERIFIED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) of files found good
 
-    Each image is zero-padded by ``padding``, cropped back to its size at an offset drawn
-    uniformly from ``0 .. 2 * padding`` in each direction, and mirrored with probability 1/2.
-    """
-    crops, flips = crop_flip_params(images.shape[0], padding, generator, images.device)
-    return crop_flip(images, padding, crops, flips)
+
+def _verify(name: str, folder: Path, source: str) -> None:
+    """Each file of the dataset has the md5 of the official release."""
+    for file, md5 in DATASETS[name].files.items():
+        path = folder / file
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key in _VERIFIED:
+            continue
+        digest = hashlib.md5(usedforsecurity=False)
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        if digest.hexdigest() != md5:
+            raise DatasetNotFoundError(
+                f"{path} (from {source}) is not the official {name} file: its md5 is "
+                f"{digest.hexdigest()}, the release's is {md5}. Replace the file with the "
+                "official one, or set data.verify: false to use a modified copy on purpose"
+            )
+        _VERIFIED[key] = True
 
 
 def crop_flip_params(
@@ -130,7 +174,11 @@ def crop_flip_params(
 
 
 def crop_flip(images: Tensor, padding: int, crops: Tensor, flips: Tensor) -> Tensor:
-    """Apply given crop offsets and flips to a batch (see :func:`random_crop_flip`)."""
+    """torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()`` with given draws.
+
+    Each image is zero-padded by ``padding``, cropped back to its size at the ``(top, left)``
+    offset of ``crops`` (drawn from ``0 .. 2 * padding``), and mirrored where ``flips`` is set.
+    """
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4)
     rows = crops[:, 0, None] + torch.arange(h, device=images.device)  # (N, H)
@@ -141,6 +189,9 @@ def crop_flip(images: Tensor, padding: int, crops: Tensor, flips: Tensor) -> Ten
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+FLIPS = ("none", "random", "alternate")
+
+
 class Loader:
     """Normalised float batches from uint8 tensors: seeded shuffling, batch augmentation.
 
@@ -149,7 +200,11 @@ class Loader:
         batch_size: images per batch; the last batch may be smaller.
         mean, std: per-channel normalisation on the 0..1 scale.
         shuffle: a new permutation each epoch, drawn on ``generator``.
-        augment: CIFAR-style random crop and flip.
+        padding: random crop after zero padding by this many pixels (0: no crop).
+        flip: horizontal flips: ``"none"``, ``"random"`` (each image with probability 1/2,
+            drawn anew every epoch) or ``"alternate"`` (a random half of the images in the
+            first epoch, then the flips of every image alternate from epoch to epoch, so each
+            image is seen both ways in any two consecutive epochs).
         device: where batches are produced (the split may already live there).
         generator: the random source of shuffling and augmentation (CPU).
         shard: ``(rank, world)``: this process takes every ``world``-th image of each batch,
@@ -169,13 +224,16 @@ class Loader:
         std: tuple[float, ...],
         *,
         shuffle: bool = False,
-        augment: bool = False,
+        padding: int = 0,
+        flip: str = "none",
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
         shard: tuple[int, int] = (0, 1),
         resident: bool = False,
         channels_last: bool = False,
     ) -> None:
+        if flip not in FLIPS:
+            raise ValueError(f"unknown flip {flip!r}; allowed: {', '.join(FLIPS)}")
         if resident:
             images, labels = images.to(device), labels.to(device)
         self.images, self.labels = images, labels
@@ -184,9 +242,16 @@ class Loader:
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
-        self.shuffle, self.augment = shuffle, augment
+        self.shuffle, self.padding, self.flip = shuffle, padding, flip
         self.generator = generator if generator is not None else torch.Generator()
         self.rank, self.world = shard
+        self._first_flips = (
+            torch.rand(len(labels), generator=self.generator) < 0.5 if flip == "alternate" else None
+        )
+
+    @property
+    def augment(self) -> bool:
+        return self.padding > 0 or self.flip != "none"
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -194,16 +259,21 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.batches()
 
-    def batches(self, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, skip: int = 0, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """One epoch of batches, the first ``skip`` left out (a run resumed mid-epoch).
 
-        The epoch's random draws (order, crops, flips) are made at once on the CPU generator
-        and moved to the device once, so producing a batch never waits for the host.
+        ``epoch`` (0-based) sets the flips of ``flip="alternate"``. The epoch's random draws
+        (order, crops, flips) are made at once on the CPU generator and moved to the device
+        once, so producing a batch never waits for the host.
         """
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         if self.augment:
-            crops, flips = crop_flip_params(n, 4, self.generator, torch.device("cpu"))
+            crops, flips = crop_flip_params(n, self.padding, self.generator, torch.device("cpu"))
+            if self.flip == "none":
+                flips = torch.zeros_like(flips)
+            elif self.flip == "alternate":
+                flips = self._first_flips[order] ^ bool(epoch % 2)
             crops, flips = crops.to(self.device), flips.to(self.device)
         order = order.to(self.images.device)
         mine = slice(self.rank, None, self.world)
@@ -213,7 +283,7 @@ class Loader:
             x = self.images[index].to(self.device, non_blocking=True)
             y = self.labels[index.to(self.labels.device)].to(self.device, non_blocking=True)
             if self.augment:
-                x = crop_flip(x, 4, crops[batch][mine], flips[batch][mine])
+                x = crop_flip(x, self.padding, crops[batch][mine], flips[batch][mine])
             x = (x.float().div_(255) - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

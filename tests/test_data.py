@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,8 +73,10 @@ def test_corrupted_dataset_is_a_clear_error(tmp_path):
     folder.mkdir()
     for name in DATASETS["cifar10"].files:
         (folder / name).write_bytes(b"not a pickle")
-    with pytest.raises(DatasetNotFoundError, match="cifar10 could not be loaded from"):
+    with pytest.raises(DatasetNotFoundError, match="is not the official cifar10 file"):
         load_split("cifar10", True, root=tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="cifar10 could not be loaded from"):
+        load_split("cifar10", True, root=tmp_path, verify=False)
 
 
 def test_crop_flip_matches_torchvision_semantics():
@@ -118,7 +123,8 @@ def test_skipping_batches_replays_the_same_draws():
             (0.5,) * 3,
             (0.25,) * 3,
             shuffle=True,
-            augment=True,
+            padding=4,
+            flip="random",
             generator=torch.Generator().manual_seed(3),
         )
 
@@ -127,3 +133,125 @@ def test_skipping_batches_replays_the_same_draws():
     assert len(resumed) == 2
     for (x, y), (x2, y2) in zip(full[2:], resumed, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def _asymmetric(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose left half is 0 and right half is 200: a flip shows in the first pixel."""
+    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    images[..., 2:] = 200
+    return images, torch.arange(n)
+
+
+def _flipped(loader: Loader, epoch: int) -> dict[int, bool]:
+    """Label -> whether that image came out mirrored in this epoch."""
+    out = {}
+    for x, y in loader.batches(epoch=epoch):
+        for image, label in zip(x, y, strict=True):
+            out[int(label)] = bool(image[0, 0, 0] > 100)
+    return out
+
+
+def test_alternating_flips_show_every_image_both_ways_in_two_epochs():
+    images, labels = _asymmetric(64)
+    loader = Loader(
+        images, labels, 16, (0.0,), (1 / 255,), shuffle=True, flip="alternate",
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    epochs = [_flipped(loader, e) for e in range(4)]
+    assert 16 < sum(epochs[0].values()) < 48  # a random half to start with
+    for a, b in itertools.pairwise(epochs):
+        assert all(a[i] != b[i] for i in a)  # every image changes side each epoch
+    assert epochs[0] == epochs[2] and epochs[1] == epochs[3]
+
+
+def test_random_flips_and_no_flips():
+    images, labels = _asymmetric(64)
+
+    def loader(flip: str) -> Loader:
+        return Loader(
+            images, labels, 16, (0.0,), (1 / 255,), shuffle=True, flip=flip,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+
+    assert not any(_flipped(loader("none"), 0).values())
+    random = loader("random")
+    first, second = _flipped(random, 0), _flipped(random, 1)
+    assert 16 < sum(first.values()) < 48 and first != second
+    with pytest.raises(ValueError, match="unknown flip 'mirror'; allowed: none, random, alternate"):
+        loader("mirror")
+
+
+def test_crop_padding_shifts_without_flipping():
+    images = torch.zeros(200, 1, 8, 8, dtype=torch.uint8)
+    images[:, :, 3, 3] = 255  # one bright pixel
+    loader = Loader(
+        images, torch.arange(200), 50, (0.0,), (1 / 255,), padding=2,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    shifts = set()
+    for x, _ in loader:
+        for image in x:
+            rows, cols = torch.nonzero(image[0] > 100, as_tuple=True)
+            assert len(rows) == 1  # a shift of at most 2 keeps the pixel inside the image
+            shifts.add((int(rows[0]) - 3, int(cols[0]) - 3))
+    assert shifts == {(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3)}
+
+
+def test_dataset_defaults_augment_cifar_only():
+    from qsgt_plugin.build import make_loader
+    from qsgt_plugin.recipe import Recipe
+
+    if not os.environ.get("QSGT_DATA"):
+        pytest.skip("QSGT_DATA not set")
+    for dataset, expected in (("mnist", (0, "none")), ("cifar10", (4, "random"))):
+        recipe = Recipe.model_validate({"data": {"dataset": dataset, "train_subset": 10}})
+        loader = make_loader(recipe, True, torch.device("cpu"))
+        assert (loader.padding, loader.flip) == expected
+    recipe = Recipe.model_validate(
+        {"data": {"dataset": "mnist", "train_subset": 10, "crop_padding": 2, "flip": "random"}}
+    )
+    loader = make_loader(recipe, True, torch.device("cpu"))
+    assert (loader.padding, loader.flip) == (2, "random")
+    off = recipe.model_copy(update={"data": recipe.data.model_copy(update={"augment": False})})
+    loader = make_loader(off, True, torch.device("cpu"))
+    assert (loader.padding, loader.flip) == (0, "none")
+
+
+def _mnist_copy(tmp_path) -> Path:
+    """A writable copy of the real MNIST files."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in DATASETS["mnist"].files:
+        shutil.copyfile(Path(os.environ["QSGT_DATA"]) / "MNIST" / "raw" / name, raw / name)
+        (raw / name).chmod(0o644)
+    return raw
+
+
+@needs_data
+def test_a_size_preserving_corruption_is_refused_by_its_md5(tmp_path):
+    raw = _mnist_copy(tmp_path)
+    data = bytearray((raw / "train-images-idx3-ubyte").read_bytes())
+    data[16:] = torch.randint(0, 256, (len(data) - 16,), dtype=torch.uint8).numpy().tobytes()
+    (raw / "train-images-idx3-ubyte").write_bytes(bytes(data))  # still parses as 60000 images
+    with pytest.raises(
+        DatasetNotFoundError,
+        match=r"train-images-idx3-ubyte \(from data\.root\) is not the official mnist file: its "
+        r"md5 is [0-9a-f]{32}, the release's is 6bbc9ace898e44ae57da46a324031adb",
+    ):
+        load_split("mnist", True, root=tmp_path)
+    images, _ = load_split("mnist", True, root=tmp_path, verify=False)  # on purpose
+    assert images.shape == (60000, 1, 28, 28)
+
+
+@needs_data
+def test_labels_outside_the_classes_are_refused_even_unverified(tmp_path):
+    raw = _mnist_copy(tmp_path)
+    data = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    data[8 + 17] = 12
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(data))
+    with pytest.raises(
+        DatasetNotFoundError, match=r"t10k-labels-idx1-ubyte .* is not the official"
+    ):
+        load_split("mnist", False, root=tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"has labels 0\.\.12, outside 0\.\.9"):
+        load_split("mnist", False, root=tmp_path, verify=False)

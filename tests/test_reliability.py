@@ -102,7 +102,7 @@ def test_an_output_directory_that_cannot_be_written(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(RunDirError, match=r"cannot write the run to .*a-file/run"):
-        RunDir.prepare(blocker / "run", resume=False, overwrite=False)
+        RunDir.check(blocker / "run", resume=False, overwrite=False)
     recipe = Path(__file__).resolve().parents[1] / "recipes/quickstart.yaml"
     assert main(["train", str(recipe), "--set", f"output.dir={blocker}/run"]) == 2
     assert "--set output.dir=PATH" in capsys.readouterr().err
@@ -119,10 +119,12 @@ def test_a_truncated_dataset_file_is_a_clear_error(tmp_path):
     (copy / "t10k-images-idx3-ubyte").write_bytes(
         (raw / "t10k-images-idx3-ubyte").read_bytes()[:100_000]
     )
+    with pytest.raises(DatasetNotFoundError, match=r"t10k-images-idx3-ubyte .* not the official"):
+        load_split("mnist", train=False, root=tmp_path)
     with pytest.raises(
         DatasetNotFoundError, match=r"mnist could not be loaded from .*truncated or corrupted"
     ):
-        load_split("mnist", train=False, root=tmp_path)
+        load_split("mnist", train=False, root=tmp_path, verify=False)
 
 
 def test_debug_shows_the_traceback_instead(tmp_path):

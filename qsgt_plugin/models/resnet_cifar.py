@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from qsgt_plugin.hookspecs import hookimpl
 
-__all__ = ["BasicBlock", "CifarResNet"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "BasicBlock", "CifarResNet"]
 
+# CIFAR-10's training-set channel statistics: the models' timm cfg and the data loader's.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
