@@ -20,24 +20,17 @@ from torch import nn
 
 import qsgt_plugin
 from qsgt_plugin import SaliencyGuidedTraining
+from qsgt_plugin.step import make_train_step
 
 TARGETS = {"captum": 2.8, "fused": 2.4}  # CPU targets of SGT / plain step time
 
 
 def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor):
-    criterion = nn.CrossEntropyLoss()
+    """The engine's training step on a fixed batch (``plain``, ``captum`` or ``fused`` SGT)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    sgt = (
-        None if mode == "plain" else SaliencyGuidedTraining(model, 0.1, 1.0, fused=mode == "fused")
-    )
-
-    def step() -> None:
-        loss = sgt.loss(x, y, criterion) if sgt else criterion(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    sgt = None if mode == "plain" else SaliencyGuidedTraining(model, 0.1, fused=mode == "fused")
+    step = make_train_step(model, opt, nn.CrossEntropyLoss(), sgt)
+    return lambda: step(x, y)
 
 
 def synchronize(device: torch.device) -> None:

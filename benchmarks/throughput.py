@@ -21,6 +21,7 @@ from torch import nn
 
 import qsgt_plugin
 from qsgt_plugin import SaliencyGuidedTraining
+from qsgt_plugin.step import make_train_step
 
 CONFIGS = [("fp32", "plain"), ("w4a4", "plain"), ("w4a4", "captum"), ("w4a4", "fused")]
 GOALS = {("w4a4", "plain"): 0.6, ("w4a4", "captum"): 0.3, ("w4a4", "fused"): 0.3}
@@ -34,17 +35,9 @@ def build(precision: str, mode: str, compiled: bool, device: torch.device, chann
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     run = torch.compile(model) if compiled else model
-    criterion = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sgt = None if mode == "plain" else SaliencyGuidedTraining(run, 0.1, fused=mode == "fused")
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = sgt.loss(x, y, criterion) if sgt else criterion(run(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    return make_train_step(run, opt, nn.CrossEntropyLoss(), sgt)
 
 
 def measure(step, x, y, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:

@@ -1,4 +1,8 @@
-"""Objects a recipe describes: model, data loaders, SGT objective, optimizer, schedule, device."""
+"""Objects a recipe describes: model, data loaders, SGT objective, optimizer, schedule, device.
+
+Everything here checks the recipe against what it builds, so that a recipe that cannot run is
+a :class:`~qsgt_plugin.errors.RecipeError` before any run directory is touched.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,29 @@ from typing import Any
 
 import timm
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from qsgt_plugin.data import DATASETS, Loader, load_split
-from qsgt_plugin.plugins import get_registry
-from qsgt_plugin.quant import alphas, convert
+from qsgt_plugin.errors import RecipeError
+from qsgt_plugin.plugins import convert, get_registry
+from qsgt_plugin.quant import alphas, calibrate_alphas
 from qsgt_plugin.recipe import (
+    DataSection,
     OptimSection,
     QuantSection,
     Recipe,
-    RecipeError,
     ScheduleSection,
     SGTSection,
 )
 from qsgt_plugin.sgt import SaliencyGuidedTraining
 
 __all__ = [
+    "CALIBRATION_KEYS",
     "build_model",
-    "check_names",
+    "calibrate",
+    "check_recipe",
     "lr_factor",
+    "make_criterion",
     "make_loader",
     "make_optimizer",
     "make_scheduler",
@@ -34,9 +42,22 @@ __all__ = [
     "resolve_device",
 ]
 
+CALIBRATION_KEYS = frozenset({"calibration_images", "alpha_percentile"})
+"""Keys of the quant section that feed :func:`calibrate`, not ``convert()``."""
+# Model options a recipe may not set: they make timm read files or download.
+_REFUSED_KWARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay"})
 
-def check_names(recipe: Recipe) -> None:
-    """Names that only the registries can check: model, quantization method, weight quantizer."""
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """Check what only the registries and the dataset can tell; fill in the dataset's shape.
+
+    Returns the recipe with ``model.kwargs`` completed by the dataset's ``num_classes`` and
+    ``in_chans`` where the recipe leaves them out.
+
+    Raises:
+        RecipeError: an unknown model, method or weight quantizer; model options that do not
+            fit the dataset.
+    """
     registry = get_registry()
     problems = []
     if not timm.is_model(recipe.model.name):
@@ -54,29 +75,109 @@ def check_names(recipe: Recipe) -> None:
             if wq is not None and wq not in registry.weight_quantizers:
                 known = ", ".join(sorted(registry.weight_quantizers))
                 problems.append(f"quant.{key}: unknown weight quantizer {wq!r}; known: {known}")
+    info = DATASETS[recipe.data.dataset]
+    kwargs = dict(recipe.model.kwargs)
+    for key, value in (("num_classes", info.num_classes), ("in_chans", info.shape[0])):
+        if kwargs.setdefault(key, value) != value:
+            problems.append(
+                f"model.kwargs.{key}: {kwargs[key]!r} does not fit {recipe.data.dataset} "
+                f"({value}); leave it out or set {value}"
+            )
+    refused = sorted(_REFUSED_KWARGS & set(kwargs))
+    if refused:
+        problems.append(f"model.kwargs: {', '.join(refused)} cannot be set (nothing downloads)")
     if problems:
         raise RecipeError("invalid recipe:\n" + "\n".join(f"  - {p}" for p in problems))
+    return recipe.model_copy(update={"model": recipe.model.model_copy(update={"kwargs": kwargs})})
+
+
+def example_batch(dataset: str, n: int = 2) -> Tensor:
+    """A random batch shaped like ``dataset``'s images (dry runs of a model)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(n, *DATASETS[dataset].shape, generator=generator)
 
 
 def build_model(
-    name: str, kwargs: dict[str, Any], quant: QuantSection | dict[str, Any] | None
+    name: str,
+    kwargs: dict[str, Any],
+    quant: QuantSection | dict[str, Any] | None,
+    example: Tensor | None = None,
 ) -> nn.Module:
-    """``timm.create_model(name, **kwargs)``, converted when ``quant`` is enabled."""
+    """``timm.create_model(name, **kwargs)``, converted when ``quant`` is enabled.
+
+    ``example`` (a batch of the data's shape) is run through the model once, to find the
+    activation call sites and to check that the model accepts the data.
+
+    Raises:
+        RecipeError: a model that timm cannot build with these options, that fails on
+            ``example``, or a quantization setting ``convert()`` refuses.
+    """
     get_registry()  # plugins' models are filed in timm's registry when the registry loads
-    model = timm.create_model(name, **kwargs)
+    try:
+        model = timm.create_model(name, **kwargs)
+    except Exception as exc:  # timm raises TypeError, RuntimeError, ValueError, AssertionError
+        raise RecipeError(
+            f"model: timm cannot build {name!r} with {kwargs}: {_first_line(exc)}"
+        ) from None
     if isinstance(quant, dict):
         quant = QuantSection.model_validate(quant)
+    if example is not None:
+        _dry_run(model, name, example)
     if quant is None or not quant.enabled:
         return model
-    # The section's keys are convert()'s keyword arguments.
-    return convert(model, **quant.model_dump(exclude={"enabled"}), inplace=True)
+    # The section's keys are convert()'s keyword arguments, but for calibration's.
+    options = quant.model_dump(exclude={"enabled", *CALIBRATION_KEYS})
+    if options["alpha_init"] == "calibrate":
+        options["alpha_init"] = 10.0  # replaced by calibrate() before training starts
+    try:
+        return convert(model, **options, example_inputs=example, inplace=True)
+    except ValueError as exc:
+        raise RecipeError(f"quant: {exc}") from None
+
+
+def _dry_run(model: nn.Module, name: str, example: Tensor) -> None:
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception as exc:
+        shape = "x".join(str(s) for s in example.shape[1:])
+        raise RecipeError(
+            f"model.name: {name} cannot run on {shape} images: {_first_line(exc)}. Choose a "
+            "model for this image size (`qsgt models` lists the CIFAR ResNets)"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def calibrate(model: nn.Module, recipe: Recipe, device: torch.device) -> dict[str, float]:
+    """Clipping levels from the first ``quant.calibration_images`` training images.
+
+    The images are taken in order, unaugmented, so calibration draws no random numbers and
+    every process of a distributed run computes the same alphas.
+    """
+    n = recipe.quant.calibration_images
+    loader = make_loader(recipe, True, device, limit=n, calibration=True)
+    return calibrate_alphas(model, loader, recipe.quant.alpha_percentile)
 
 
 def make_sgt(model: nn.Module, sgt: SGTSection) -> SaliencyGuidedTraining | None:
     if not sgt.enabled:
         return None
     # The section's keys are SaliencyGuidedTraining's keyword arguments.
-    return SaliencyGuidedTraining(model, **sgt.model_dump(exclude={"enabled"}))
+    try:
+        return SaliencyGuidedTraining(model, **sgt.model_dump(exclude={"enabled"}))
+    except ValueError as exc:
+        raise RecipeError(f"sgt: {exc}") from None
+
+
+def make_criterion(label_smoothing: float) -> nn.Module:
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
 def make_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
@@ -84,12 +185,9 @@ def make_optimizer(model: nn.Module, optim: OptimSection) -> torch.optim.Optimiz
     clip_levels = list(alphas(model).values())
     ids = {id(p) for p in clip_levels}
     weights = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
-    alpha_decay = (
-        optim.weight_decay if optim.alpha_weight_decay is None else optim.alpha_weight_decay
-    )
     groups = [{"params": weights, "weight_decay": optim.weight_decay}]
     if clip_levels:
-        groups.append({"params": clip_levels, "weight_decay": alpha_decay})
+        groups.append({"params": clip_levels, "weight_decay": optim.alpha_decay})
     if optim.name == "sgd":
         return torch.optim.SGD(
             groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov
@@ -136,21 +234,24 @@ def make_loader(
     limit: int | None = None,
     shard: tuple[int, int] = (0, 1),
     fast: bool = False,
+    calibration: bool = False,
 ) -> Loader:
     """The recipe's train or test split; ``limit`` keeps its first images (after the subset).
 
     ``shard`` is this process's ``(rank, world)`` in a distributed run (training split only);
-    ``fast`` keeps the split on the device and produces channels-last batches.
+    ``fast`` keeps the split on the device and produces channels-last batches;
+    ``calibration`` gives the training images in order, unaugmented, in evaluation batches.
     """
     data = recipe.data
     info = DATASETS[data.dataset]
-    images, labels = load_split(data.dataset, train, data.root)
+    images, labels = load_split(data.dataset, train, data.root, verify=data.verify)
     subset = data.train_subset if train else data.test_subset
     keep = min(n for n in (subset, limit, len(labels)) if n is not None)
     images, labels = images[:keep], labels[:keep]
     layout = dict(device=device, resident=fast, channels_last=fast)
-    if not train:
+    if not train or calibration:
         return Loader(images, labels, data.eval_batch_size, info.mean, info.std, **layout)
+    padding, flip = _augmentation(data)
     return Loader(
         images,
         labels,
@@ -158,11 +259,21 @@ def make_loader(
         info.mean,
         info.std,
         shuffle=True,
-        augment=data.augment and data.dataset == "cifar10",
+        padding=padding,
+        flip=flip,
         generator=torch.Generator().manual_seed(recipe.train.seed),
         shard=shard,
         **layout,
     )
+
+
+def _augmentation(data: DataSection) -> tuple[int, str]:
+    """``(crop padding, flip mode)`` of the training images: the recipe's, else the dataset's."""
+    if not data.augment:
+        return 0, "none"
+    info = DATASETS[data.dataset]
+    padding = info.padding if data.crop_padding is None else data.crop_padding
+    return padding, data.flip or info.flip
 
 
 def resolve_device(device: str) -> torch.device:

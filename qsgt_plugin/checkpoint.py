@@ -9,22 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-__all__ = [
-    "FORMAT",
-    "CheckpointError",
-    "load_checkpoint",
-    "model_from_checkpoint",
-    "save_checkpoint",
-]
+from qsgt_plugin.errors import CheckpointError
+
+__all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "qsgt-checkpoint/1"
 _REQUIRED = ("format", "model", "model_config", "recipe", "step")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupted, unsafe or not written by qsgt_plugin."""
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
@@ -89,18 +80,3 @@ def _unpickler_detail(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines()]
     kept = [line for line in lines if line and not line.startswith(boilerplate)]
     return " ".join(kept).removeprefix("WeightsUnpickler error:").strip()
-
-
-def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    """Rebuild the model a checkpoint was trained as and load its weights."""
-    from qsgt_plugin.build import build_model
-
-    config = payload["model_config"]
-    model = build_model(config["name"], config["kwargs"], config.get("quant"))
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint weights do not fit the model it describes: {exc}"
-        ) from None
-    return model

@@ -8,35 +8,31 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import os
-import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import NoReturn
+
+from qsgt_plugin.errors import QsgtError
 
 log = logging.getLogger("qsgt_plugin")
 
 
-def _launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Re-run this command under torchrun with ``--nproc`` processes."""
-    rest = list(argv)
-    i = rest.index("--nproc")
-    del rest[i : i + 2]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={args.nproc}",
-        "-m",
-        "qsgt_plugin.cli",
-        *rest,
-    ]
-    log.info("launching %s", " ".join(command))
-    return subprocess.call(command)
+def _strip_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N`` (the ranks run one process each)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -44,6 +40,8 @@ def _train(args: argparse.Namespace) -> int:
     from qsgt_plugin.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args, recipe)
     result = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
@@ -54,31 +52,45 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from qsgt_plugin.build import make_loader, resolve_device
-    from qsgt_plugin.checkpoint import load_checkpoint, model_from_checkpoint
-    from qsgt_plugin.engine import evaluate as run_evaluation
-    from qsgt_plugin.recipe import apply_overrides, parse_recipe
+def _launch(args: argparse.Namespace, recipe) -> int:
+    """Check everything once, hold the run's lock, and run the ranks under torchrun."""
+    from qsgt_plugin.engine import preflight
+    from qsgt_plugin.launch import launch
+    from qsgt_plugin.run_dir import LOCK_ENV, RunDir
 
-    payload = load_checkpoint(args.checkpoint)
-    extra = [f"data.root={args.data_root}"] if args.data_root else []
-    extra += [f"train.device={args.device}"]
-    recipe = parse_recipe(apply_overrides(payload["recipe"], extra), source=str(args.checkpoint))
-    device = resolve_device(recipe.train.device)
-    model = model_from_checkpoint(payload).to(device)
-    test_loader = make_loader(recipe, False, device)
-    accuracy, loss = run_evaluation(model, test_loader)
+    recipe = preflight(recipe, args.resume, args.overwrite, world=args.nproc)
+    run = RunDir(Path(recipe.output.dir))
+    run.path.mkdir(parents=True, exist_ok=True)
+    with run.lock():
+        status, error = launch(
+            _strip_nproc(args.argv), args.nproc, {LOCK_ENV: str(run.path.resolve())}
+        )
+    if error is not None:
+        print(f"qsgt train: error: {error}", file=sys.stderr)
+        return 2
+    return status
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from qsgt_plugin.build import resolve_device
+    from qsgt_plugin.evaluation import evaluate
+    from qsgt_plugin.run_dir import load_run
+
+    run = load_run(args.checkpoint, data_root=args.data_root)
+    device = resolve_device(args.device)
+    loader = run.test_loader(device=device)
+    accuracy, loss = evaluate(run.model.to(device), loader)
     print(
-        f"test accuracy {100 * accuracy:.2f}% (loss {loss:.4f}) on {len(test_loader.labels)} "
-        f"{recipe.data.dataset} test images; checkpoint at step {payload['step']}"
+        f"test accuracy {100 * accuracy:.2f}% (loss {loss:.4f}) on {len(loader.labels)} "
+        f"{run.recipe.data.dataset} test images; checkpoint at step {run.checkpoint['step']}"
     )
     return 0
 
 
 def _runs(args: argparse.Namespace) -> list:
-    from qsgt_plugin.attribution import load_run
+    from qsgt_plugin.report import load_runs
 
-    return [load_run(path, data_root=args.data_root) for path in args.runs]
+    return load_runs(args.runs, data_root=args.data_root)
 
 
 def _print_comparison(numbers: dict) -> None:
@@ -94,7 +106,7 @@ def _print_comparison(numbers: dict) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from qsgt_plugin.attribution import compare_runs
+    from qsgt_plugin.report import compare_runs, write_json
 
     numbers = compare_runs(
         _runs(args),
@@ -103,20 +115,20 @@ def _compare(args: argparse.Namespace) -> int:
         method=args.method,
         float_views=not args.no_float_views,
     )
-    Path(args.out).with_suffix(".json").write_text(json.dumps(numbers, indent=2))
+    write_json(numbers, Path(args.out).with_suffix(".json"))
     _print_comparison(numbers)
     print(f"\nfigure: {numbers['figure']}; numbers: {Path(args.out).with_suffix('.json')}")
     return 0
 
 
 def _masking_curve(args: argparse.Namespace) -> int:
-    from qsgt_plugin.attribution import masking_curves
+    from qsgt_plugin.report import masking_curves, write_json
 
     images = None if args.images == 0 else args.images
     numbers = masking_curves(
         _runs(args), Path(args.out), images=images, method=args.method, fill_value=args.fill
     )
-    Path(args.out).with_suffix(".json").write_text(json.dumps(numbers, indent=2))
+    write_json(numbers, Path(args.out).with_suffix(".json"))
     print(f"{'run':40s} {'ranking':9s} " + " ".join(f"{10 * i:>5d}%" for i in range(10)))
     for name, curve in numbers["curves"].items():
         for kind, points in curve.items():
@@ -129,7 +141,7 @@ def _masking_curve(args: argparse.Namespace) -> int:
 
 
 def _alpha_plot(args: argparse.Namespace) -> int:
-    from qsgt_plugin.attribution import alpha_plot
+    from qsgt_plugin.report import alpha_plot
 
     (run,) = _runs(args)
     out = Path(args.out) if args.out else run.path / "alpha.png"
@@ -138,7 +150,7 @@ def _alpha_plot(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from qsgt_plugin.attribution import build_report
+    from qsgt_plugin.report import build_report
 
     images = None if args.curve_images == 0 else args.curve_images
     build_report(
@@ -154,19 +166,16 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from qsgt_plugin.attribution import load_run
+    from qsgt_plugin.build import example_batch
     from qsgt_plugin.quant import model_size_bytes, quantization_disabled
     from qsgt_plugin.quant.export import export_onnx
+    from qsgt_plugin.report import check_output
+    from qsgt_plugin.run_dir import load_run
 
-    run = load_run(args.checkpoint, data_root=args.data_root)
-    source = Path(args.checkpoint)
-    out = (
-        Path(args.out)
-        if args.out
-        else (source if source.is_dir() else source.parent) / "model.onnx"
-    )
-    x, _ = next(iter(run.test_loader(limit=1)))
-    export_onnx(run.model, out, x)
+    run = load_run(args.checkpoint)
+    out = check_output(Path(args.out) if args.out else run.path / "model.onnx")
+    # The input shape comes from the recipe's dataset; no data is read.
+    export_onnx(run.model, out, example_batch(run.recipe.data.dataset, 1))
     quantized = model_size_bytes(run.model)
     with quantization_disabled(run.model):
         fp32 = model_size_bytes(run.model)
@@ -206,15 +215,52 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qsgt", description="PACT quantization and saliency-guided training."
-    )
-    parser.add_argument("--version", action="version", version=_version())
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line naming the problem and where help is, then exit status 2."""
 
-    p = sub.add_parser("train", help="train from a YAML recipe")
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qsgt", description="PACT quantization and saliency-guided training.")
+    parser.add_argument("--version", action="version", version=_version())
+    debug = dict(action="store_true", help="show the traceback of an error")
+    parser.add_argument("--debug", **debug)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        # After the subcommand too; SUPPRESS keeps a --debug given before it.
+        p.add_argument("--debug", **debug, default=argparse.SUPPRESS)
+        return p
+
+    p = command("train", "train from a YAML recipe")
     p.add_argument("recipe", help="recipe file, e.g. recipes/quickstart.yaml")
     p.add_argument(
         "--set",
@@ -227,21 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run in output.dir")
     p.add_argument(
         "--nproc",
-        type=int,
+        type=_count(1),
         default=1,
         metavar="N",
         help="data-parallel processes on this machine (runs torchrun; one per GPU)",
     )
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="test accuracy of a checkpoint")
+    p = command("evaluate", "test accuracy of a checkpoint")
     p.add_argument("checkpoint", help="a last.pt or best.pt written by `qsgt train`")
     p.add_argument("--data-root", help="dataset folder (default: the recipe's, then QSGT_DATA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=_evaluate)
 
     def analysis(name: str, help: str, many: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+        p = command(name, help)
         p.add_argument(
             "runs",
             nargs="+" if many else 1,
@@ -253,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     attribution_methods = "Saliency, InputXGradient, IntegratedGradients, SmoothGrad"
     p = analysis("compare", "attribution maps of several runs side by side, with numbers")
-    p.add_argument("--images", type=int, default=16, help="test images to explain (16)")
+    p.add_argument("--images", type=_count(1), default=16, help="test images to explain (16)")
     p.add_argument("--method", default="Saliency", help=attribution_methods)
     p.add_argument(
         "--no-float-views",
@@ -264,11 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compare)
 
     p = analysis("masking-curve", "accuracy as the most salient pixels are replaced")
-    p.add_argument("--images", type=int, default=1000, help="test images (1000; 0 = all)")
+    p.add_argument("--images", type=_count(0), default=1000, help="test images (1000; 0 = all)")
     p.add_argument("--method", default="Saliency", help=attribution_methods)
     p.add_argument(
         "--fill",
-        type=float,
+        type=_finite,
         default=0.0,
         help="replacement value in normalised units (0 = the dataset mean)",
     )
@@ -281,68 +327,71 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = analysis("report", "report.md with every figure, an accuracy table and metrics.json")
     p.add_argument("--out", default="report", help="output folder (report/)")
-    p.add_argument("--images", type=int, default=16, help="images in the attribution grid (16)")
+    p.add_argument(
+        "--images", type=_count(1), default=16, help="images in the attribution grid (16)"
+    )
     p.add_argument(
         "--curve-images",
-        type=int,
+        type=_count(0),
         default=1000,
         help="test images of the masking curves (1000; 0 = all)",
     )
     p.add_argument("--method", default="Saliency", help=attribution_methods)
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("export", help="export a checkpoint as a QCDQ ONNX model")
+    p = command("export", "export a checkpoint as a QCDQ ONNX model")
     p.add_argument("checkpoint", help="a run directory or a checkpoint written by `qsgt train`")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (QCDQ)")
     p.add_argument("--out", help="output file (default: model.onnx beside the checkpoint)")
-    p.add_argument("--data-root", help="dataset folder for the example input")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("methods", help="list quantization methods and weight quantizers")
+    p = command("methods", "list quantization methods and weight quantizers")
     p.set_defaults(func=_methods)
-    p = sub.add_parser("models", help="list models registered by plugins")
+    p = command("models", "list models registered by plugins")
     p.set_defaults(func=_models)
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from qsgt_plugin.attribution import RunError
-    from qsgt_plugin.checkpoint import CheckpointError
-    from qsgt_plugin.data import DatasetNotFoundError
-    from qsgt_plugin.engine import TrainingDivergedError
-    from qsgt_plugin.plugins import PluginError
-    from qsgt_plugin.recipe import RecipeError
-    from qsgt_plugin.run_dir import RunDirError, RunExistsError
-
-    return (
-        RecipeError,
-        RunError,
-        DatasetNotFoundError,
-        CheckpointError,
-        RunExistsError,
-        RunDirError,
-        TrainingDivergedError,
-        PluginError,
-        PermissionError,
-    )
+def _one_line(message: str) -> str:
+    """A multi-line message (a recipe's list of problems) joined into one line."""
+    lines = [line.strip().removeprefix("- ") for line in message.splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    head, rest = lines[0], lines[1:]
+    return head + (" " if head.endswith(":") else "; ") + "; ".join(rest) if rest else head
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from qsgt_plugin.launch import report_rank_error
+
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "train" and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch(args, argv)
     try:
         return args.func(args)
-    except _user_errors() as exc:
+    except QsgtError as exc:
         if args.debug:
             raise
-        print(f"qsgt {args.command}: error: {exc}", file=sys.stderr)
+        message = _one_line(str(exc))
+        # Under `qsgt train --nproc`, the launcher prints a rank's error once.
+        handed_over = "WORLD_SIZE" in os.environ and report_rank_error(message)
+        if not handed_over and os.environ.get("RANK", "0") == "0":
+            print(f"qsgt {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"qsgt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"qsgt {args.command}: internal error ({type(exc).__name__}: "
+            f"{_one_line(str(exc))}). This is a bug in qsgt; rerun with --debug for the "
+            "traceback and report it.",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,52 +1,55 @@
-"""Training and evaluation from a recipe. The loop is meant to be read in one sitting.
+"""Training from a recipe, in the order it happens: set up, train epochs, evaluate each.
 
-A run directory holds ``recipe.yaml`` (the resolved recipe), ``metrics.jsonl`` (one JSON record
-per log interval and per evaluation, with every alpha), ``last.pt`` and ``best.pt``. Under
-``torchrun`` every process trains its share of each batch and only rank 0 writes.
+The run directory (``recipe.yaml``, ``metrics.jsonl``, ``last.pt``, ``best.pt``) is written
+through :mod:`qsgt_plugin.run_dir`. Everything a recipe describes is built and checked before
+the directory is touched. Under ``torchrun`` every process trains its share of each batch and
+only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from qsgt_plugin.build import (
     build_model,
-    check_names,
+    calibrate,
+    check_recipe,
+    example_batch,
+    make_criterion,
     make_loader,
     make_optimizer,
     make_scheduler,
     make_sgt,
     resolve_device,
 )
-from qsgt_plugin.data import Loader
+from qsgt_plugin.data import DATASETS, Loader
 from qsgt_plugin.distributed import Distributed, setup
-from qsgt_plugin.fast import CompiledStep, resolve_auto
+from qsgt_plugin.errors import RecipeError, TrainingDivergedError
+from qsgt_plugin.evaluation import evaluate
 from qsgt_plugin.quant import alphas
 from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.run_dir import RunDir, RunDirError, RunExistsError
-from qsgt_plugin.utils import unwrap
+from qsgt_plugin.resume import apply_resume_changes, resume_changes
+from qsgt_plugin.run_dir import (
+    RunDir,
+    init_weights,
+    load_weights,
+    restore_training,
+    training_payload,
+)
+from qsgt_plugin.step import CompiledStep, make_train_step, resolve_auto
 
-__all__ = [
-    "RunDirError",
-    "RunExistsError",
-    "RunResult",
-    "TrainingDivergedError",
-    "evaluate",
-    "train",
-]
+__all__ = ["Meter", "Progress", "RunResult", "preflight", "train"]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -57,257 +60,313 @@ class RunResult:
     step: int
 
 
+class Meter:
+    """Running sums of the loss terms over training steps, kept on the device until read."""
+
+    FIELDS = ("loss", "ce", "kl")
+
+    def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
+        self.sums = torch.zeros(len(self.FIELDS), device=device)
+        self.count = torch.zeros((), device=device)
+        if state:
+            self.sums += torch.tensor(state["sums"], device=device)
+            self.count += state["count"]
+
+    def add(self, parts: Tensor) -> None:
+        """``parts``: this step's ``[loss, ce, kl]``."""
+        self.sums += parts
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        values = (self.sums / self.count.clamp(min=1)).tolist()
+        return dict(zip(self.FIELDS, values, strict=True))
+
+    def reset(self) -> None:
+        self.sums.zero_()
+        self.count.zero_()
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": self.sums.tolist(), "count": self.count.item()}
+
+
 @dataclass
 class Progress:
+    """Where a run stands; saved in every checkpoint, so a resumed run logs what it would have."""
+
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # epochs completed
     batch: int = 0  # batches done in the current epoch
     best_acc: float = -1.0
+    test_acc: float = float("nan")  # of the last evaluation
+    elapsed: float = 0.0  # training seconds, summed over every process that ran it
     epoch_rng: Tensor | None = None  # loader generator state at the start of the epoch
+    meters: dict[str, dict] = field(default_factory=dict)  # Meter states, at checkpoints
+
+
+@dataclass
+class Session:
+    """Everything one training job holds."""
+
+    recipe: Recipe
+    dd: Distributed
+    run: RunDir
+    model: nn.Module  # the model being trained, unwrapped: what checkpoints hold
+    step: CompiledStep  # runs a training step on it (compiled, DDP-wrapped)
+    ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_loader: Loader
+    test_loader: Loader
+    total_steps: int
+    progress: Progress
+    resumed: dict[str, Any] | None  # the changes a resume applied, or None for a fresh run
+    interval: Meter  # since the last log line
+    epoch_meter: Meter  # since the start of the epoch
+    started: float = 0.0
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are evaluated and saved as the checkpoints' model."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Run the experiment a recipe describes; see the module docstring for what it writes."""
-    check_names(recipe)
+    recipe = check_recipe(recipe)
+    RunDir.check(Path(recipe.output.dir), resume, overwrite)
     dd = setup(resolve_device(recipe.train.device))
     try:
-        return _train(recipe, resume, overwrite, dd)
+        _check_world(recipe, dd.world)
+        session = _setup(recipe, dd, resume)
+        with session.run.open(resume, overwrite):
+            dd.barrier()  # the directory exists (and was cleared) before any rank goes on
+            return _fit(session)
     finally:
         dd.close()
 
 
-def _train(recipe: Recipe, resume: bool, overwrite: bool, dd: Distributed) -> RunResult:
+def preflight(recipe: Recipe, resume: bool, overwrite: bool, world: int = 1) -> Recipe:
+    """Everything ``train`` checks before it writes, in this process, for ``world`` processes.
+
+    ``qsgt train --nproc N`` calls it before starting any rank, so a user error prints once.
+    """
+    recipe = check_recipe(recipe)
+    RunDir.check(Path(recipe.output.dir), resume, overwrite)
+    _check_world(recipe, world)
+    cpu = recipe.model_copy(update={"train": recipe.train.model_copy(update={"device": "cpu"})})
+    _setup(cpu, Distributed(), resume)
+    return recipe
+
+
+def _check_world(recipe: Recipe, world: int) -> None:
+    """Every process needs at least one image of every batch, the epoch's last one included."""
+    if world <= 1:
+        return
+    n = recipe.data.train_subset or DATASETS[recipe.data.dataset].train_size
+    batch = recipe.data.batch_size
+    smallest = min(batch, n % batch or batch)
+    if smallest < world:
+        raise RecipeError(
+            f"data.batch_size: {world} processes share each batch, but a batch of {smallest} "
+            f"images (batch size {batch}, {n} training images) leaves some without any; use a "
+            f"batch size of at least {world} whose last batch has at least {world} images"
+        )
+
+
+def _setup(recipe: Recipe, dd: Distributed, resume: bool) -> Session:
+    """Build and check everything the recipe describes; nothing is written."""
     device = dd.device(resolve_device(recipe.train.device))
-    run = RunDir.prepare(Path(recipe.output.dir), resume, overwrite, writer=dd.main)
-    dd.barrier()  # the directory exists (and was cleared) before any rank reads it
+    run = RunDir(Path(recipe.output.dir), writer=dd.main)
+    payload = run.resume_payload() if resume else None
+    changes = resume_changes(payload["recipe"], recipe) if payload else None
     torch.manual_seed(recipe.train.seed)
-    fast = resolve_auto(recipe.train.fast_path, device)
+    fast = recipe.train.fast_path is not False  # auto: on (channels-last is faster on CPUs too)
     train_loader = make_loader(recipe, True, device, shard=(dd.rank, dd.world), fast=fast)
     test_loader = make_loader(recipe, False, device, fast=fast)
-
-    # ``net`` is the model itself (what checkpoints hold); the step may run it compiled and
-    # wrapped in DDP.
-    net = build_model(recipe.model.name, recipe.model.kwargs, recipe.quant).to(device)
+    example = example_batch(recipe.data.dataset)
+    model = build_model(recipe.model.name, recipe.model.kwargs, recipe.quant, example).to(device)
     if fast:
-        net = net.to(memory_format=torch.channels_last)
-    resumed = run.checkpoint(resume)
-    if resumed:
-        # Weights first: Brevitas may re-create quantizer parameters on load, and the optimizer
-        # must hold the parameters that train.
-        net.load_state_dict(resumed["model"])
-    runner = CompiledStep(
-        net, lambda m: dd.wrap(m, device), resolve_auto(recipe.train.compile, device)
+        model = model.to(memory_format=torch.channels_last)
+    if payload:  # weights before the optimizer: it must hold the parameters that train
+        load_weights(payload, model)
+    else:
+        has_alphas = (
+            init_weights(model, recipe.model.init_from) if recipe.model.init_from else False
+        )
+        if recipe.quant.enabled and recipe.quant.alpha_init == "calibrate" and not has_alphas:
+            calibrate(model, recipe, device)
+    ema = ModelEmaV3(model, decay=recipe.train.ema, use_warmup=True) if recipe.train.ema else None
+    if payload and ema is not None:
+        ema.module.load_state_dict(payload["model"])
+    criterion = make_criterion(recipe.train.label_smoothing)
+    optimizer = make_optimizer(model, recipe.optim)
+    step = CompiledStep(
+        model,
+        lambda m: dd.wrap(m, device),
+        lambda m: make_train_step(m, optimizer, criterion, make_sgt(m, recipe.sgt)),
+        resolve_auto(recipe.train.compile, device),
     )
-    sgt = make_sgt(runner.model, recipe.sgt)
-    criterion = nn.CrossEntropyLoss()
-    optimizer = make_optimizer(net, recipe.optim)
     total_steps = recipe.train.max_steps or recipe.train.epochs * len(train_loader)
     scheduler = make_scheduler(optimizer, recipe.schedule, total_steps)
+    progress = Progress()
+    if payload:
+        progress = Progress(**restore_training(payload, optimizer, scheduler, train_loader))
+        apply_resume_changes(changes, recipe, optimizer, scheduler)
+    meters = {k: Meter(device, progress.meters.get(k)) for k in ("interval", "epoch")}
+    return Session(
+        recipe, dd, run, model, step, ema, optimizer, scheduler, train_loader, test_loader,
+        total_steps, progress, changes, meters["interval"], meters["epoch"],
+    )  # fmt: skip
 
-    progress = _restore(resumed, optimizer, scheduler, train_loader) if resumed else Progress()
-    run.start_log(progress.step if resumed else None)
-    run.save_recipe(recipe)
-    if resumed:
-        log.info("resumed %s at step %d (epoch %d)", run.path, progress.step, progress.epoch + 1)
+
+def _fit(s: Session) -> RunResult:
+    """Train epoch after epoch until the recipe's steps are done, evaluating after each."""
+    p = s.progress
+    s.run.start_log(p.step if s.resumed is not None else None)
+    s.run.save_recipe(s.recipe)
+    if s.resumed is not None:
+        s.run.log(dict(kind="resume", step=p.step, epoch=_epochs(s), changed=s.resumed))
+        log.info("resumed %s at step %d (epoch %d)", s.run.path, p.step, p.epoch + 1)
     else:  # the starting point of the alpha trajectories
-        run.log(
-            dict(
-                kind="init",
-                epoch=0.0,
-                step=0,
-                lr=scheduler.get_last_lr()[0],
-                alphas=_alpha_values(net),
-            )
-        )
-
-    def checkpoint(name: str, test_acc: float) -> None:
-        payload = _payload(recipe, net, optimizer, scheduler, train_loader, progress)
-        run.save(name, {**payload, "test_acc": test_acc})
-
-    def check_finite(nonfinite_at: Tensor) -> None:
-        step = int(dd.any(nonfinite_at).item())
-        if step >= 0:
-            raise TrainingDivergedError(
-                f"the loss became NaN or infinite at step {step}; training stopped and the "
-                f"last good checkpoint ({run.path / 'last.pt'}, if any) is kept. Lower optim.lr "
-                "or check the data, then continue with --resume or start over with --overwrite."
-            )
-
-    def forward_backward(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        # Cross-entropy, plus SGT's KL term on the masked input when enabled.
-        if sgt:
-            sgt.model = model
-        loss = sgt.loss(x, y, criterion) if sgt else criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        return loss
-
-    started = time.time()
-    test_acc = float("nan")
-    while progress.step < total_steps:
-        if progress.batch == 0:
-            progress.epoch_rng = train_loader.generator.get_state()
-        else:  # resuming mid-epoch: replay this epoch's draws up to where the run stopped
-            train_loader.generator.set_state(progress.epoch_rng)
-        net.train()
-        sums = torch.zeros(4, device=device)  # loss, ce, kl, steps since the last log line
-        epoch_loss = torch.zeros(2, device=device)  # sum, count
-        nonfinite_at = torch.full((), -1, device=device)
-        bar = tqdm(
-            train_loader.batches(skip=progress.batch),
-            total=len(train_loader),
-            initial=progress.batch,
-            desc=f"epoch {progress.epoch + 1}",
-            leave=False,
-            disable=None if dd.main else True,
-        )
-        for x, y in bar:
-            loss = runner.run(forward_backward, x, y)
-            optimizer.step()
-            scheduler.step()
-            progress.step += 1
-            progress.batch += 1
-
-            # Book-keeping on the device; the host reads it only at log points.
-            detached = loss.detach()
-            nonfinite_at = torch.where(
-                (nonfinite_at < 0) & ~torch.isfinite(detached), progress.step, nonfinite_at
-            )
-            parts = sgt.last if sgt and sgt.active else {}
-            ce, kl = parts.get("ce", detached), parts.get("kl", torch.zeros((), device=device))
-            one = torch.ones((), device=device)
-            sums += torch.stack([detached, ce, kl, one])
-            epoch_loss += torch.stack([detached, one])
-            if progress.step % recipe.train.log_every == 0:
-                check_finite(nonfinite_at)
-                mean = (sums[:3] / sums[3]).tolist()
-                run.log(
-                    dict(
-                        kind="train",
-                        epoch=_epochs(progress, train_loader),
-                        step=progress.step,
-                        loss=mean[0],
-                        ce=mean[1],
-                        kl=mean[2],
-                        lr=scheduler.get_last_lr()[0],
-                        alphas=_alpha_values(net),
-                    )
-                )
-                bar.set_postfix(loss=f"{mean[0]:.3f}")
-                sums.zero_()
-            every = recipe.train.checkpoint_every
-            if every and progress.step % every == 0 and progress.step < total_steps:
-                check_finite(nonfinite_at)
-                checkpoint("last.pt", test_acc)
-            if progress.step >= total_steps:
-                break
-        bar.close()
-        check_finite(nonfinite_at)
-
-        # End of an epoch (or of the run): evaluate, log, checkpoint.
-        if progress.batch == len(train_loader):
-            progress.epoch, progress.batch = progress.epoch + 1, 0
-        dd.sync_buffers(net)  # every rank evaluates, checkpoints and resumes the same model
-        test_acc, test_loss = evaluate(net, test_loader)
-        train_loss = (epoch_loss[0] / epoch_loss[1].clamp(min=1)).item()
-        run.log(
-            dict(
-                kind="eval",
-                epoch=_epochs(progress, train_loader),
-                step=progress.step,
-                test_acc=test_acc,
-                test_loss=test_loss,
-                train_loss=train_loss,
-                lr=scheduler.get_last_lr()[0],
-                alphas=_alpha_values(net),
-                elapsed=time.time() - started,
-                compiled=runner.compiled,
-            )
-        )
-        if dd.main:
-            log.info(
-                "step %d: train loss %.4f, test accuracy %.2f%%",
-                progress.step,
-                train_loss,
-                100 * test_acc,
-            )
-        improved = test_acc > progress.best_acc
-        progress.best_acc = max(progress.best_acc, test_acc)
-        checkpoint("last.pt", test_acc)
-        if improved:
-            checkpoint("best.pt", test_acc)
-
-    if dd.enabled:
-        same = dd.identical(net)
-        run.log(dict(kind="ranks", step=progress.step, world=dd.world, identical=same))
+        s.run.log(dict(kind="init", epoch=0.0, step=0, lr=_lr(s), alphas=_alpha_values(s.model)))
+    s.started = time.time() - p.elapsed
+    while p.step < s.total_steps:
+        _train_epoch(s)
+        _end_epoch(s)
+    if s.dd.enabled:
+        same = s.dd.identical(s.model)
+        s.run.log(dict(kind="ranks", step=p.step, world=s.dd.world, identical=same))
         if not same:
-            raise RuntimeError(f"the {dd.world} ranks ended with different weights")
-    if test_acc != test_acc:  # nothing left to train (a finished run resumed): report it
-        test_acc, _ = evaluate(net, test_loader)
-    return RunResult(run.path, test_acc, max(progress.best_acc, test_acc), progress.step)
+            raise RuntimeError(f"the {s.dd.world} ranks ended with different weights")
+    if p.test_acc != p.test_acc:  # nothing left to train (a finished run resumed): report it
+        p.test_acc, _ = evaluate(s.evaluated, s.test_loader)
+    return RunResult(s.run.path, p.test_acc, max(p.best_acc, p.test_acc), p.step)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader) -> tuple[float, float]:
-    """Top-1 accuracy and mean cross-entropy over a loader, in eval mode."""
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=loader.device)
-    loss = torch.zeros((), device=loader.device)
-    for x, y in loader:
-        logits = model(x)
-        correct += (logits.argmax(1) == y).sum()
-        loss += nn.functional.cross_entropy(logits, y, reduction="sum")
-    model.train(was_training)
-    n = len(loader.labels)
-    return correct.item() / n, loss.item() / n
-
-
-def _payload(recipe, model, optimizer, scheduler, loader, progress) -> dict:
-    rng = {"torch": torch.get_rng_state(), "loader": loader.generator.get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    if progress.epoch_rng is not None:
-        rng["loader_epoch"] = progress.epoch_rng
-    return {
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": progress.step,
-        "epoch": progress.epoch,
-        "batch": progress.batch,
-        "best_acc": progress.best_acc,
-        "rng": rng,
-        "recipe": recipe.model_dump(mode="json"),
-        "model_config": {
-            "name": recipe.model.name,
-            "kwargs": recipe.model.kwargs,
-            "quant": recipe.quant.model_dump(mode="json") if recipe.quant.enabled else None,
-        },
-    }
-
-
-def _restore(payload, optimizer, scheduler, loader) -> Progress:
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    rng = payload["rng"]
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    loader.generator.set_state(rng["loader"])
-    return Progress(
-        payload["step"],
-        payload["epoch"],
-        payload["batch"],
-        payload["best_acc"],
-        rng.get("loader_epoch"),
+def _train_epoch(s: Session) -> None:
+    """Train on the epoch's batches (the rest of it, for a run resumed mid-epoch)."""
+    p, loader, every = s.progress, s.train_loader, s.recipe.train
+    if p.batch == 0:
+        p.epoch_rng = loader.generator.get_state()
+        s.epoch_meter.reset()
+    else:  # resuming mid-epoch: replay this epoch's draws up to where the run stopped
+        loader.generator.set_state(p.epoch_rng)
+    s.model.train()
+    nonfinite_at = torch.full((), -1, device=s.epoch_meter.sums.device)
+    bar = tqdm(
+        loader.batches(skip=p.batch, epoch=p.epoch),
+        total=len(loader),
+        initial=p.batch,
+        desc=f"epoch {p.epoch + 1}",
+        leave=False,
+        disable=None if s.dd.main else True,
     )
+    for x, y in bar:
+        parts = s.step(x, y)  # [loss, ce, kl], on the device: no host sync per step
+        s.scheduler.step()
+        p.step += 1
+        p.batch += 1
+        if s.ema is not None:
+            s.ema.update(s.model, step=p.step)
+        nonfinite_at = torch.where(
+            (nonfinite_at < 0) & ~torch.isfinite(parts[0]), p.step, nonfinite_at
+        )
+        s.interval.add(parts)
+        s.epoch_meter.add(parts)
+        if p.step % every.log_every == 0:
+            _check_finite(s, nonfinite_at)
+            bar.set_postfix(loss=f"{_log_train(s):.3f}")
+        due = every.checkpoint_every and p.step % every.checkpoint_every == 0
+        if due and p.step < s.total_steps:  # the run's end saves after its evaluation
+            _check_finite(s, nonfinite_at)
+            _save(s, "last.pt")
+        if p.step >= s.total_steps:
+            break
+    bar.close()
+    _check_finite(s, nonfinite_at)
+    if p.batch == len(loader):
+        p.epoch, p.batch = p.epoch + 1, 0
 
 
-def _epochs(progress: Progress, loader: Loader) -> float:
+def _end_epoch(s: Session) -> None:
+    """Evaluate, log, and write ``last.pt`` (and ``best.pt`` when the accuracy improved)."""
+    p = s.progress
+    s.dd.sync_buffers(s.model)  # every rank evaluates, checkpoints and resumes the same model
+    p.test_acc, test_loss = evaluate(s.evaluated, s.test_loader)
+    train_loss = s.epoch_meter.means()["loss"]
+    s.run.log(
+        dict(
+            kind="eval",
+            epoch=_epochs(s),
+            step=p.step,
+            test_acc=p.test_acc,
+            test_loss=test_loss,
+            train_loss=train_loss,
+            lr=_lr(s),
+            alphas=_alpha_values(s.model),
+            elapsed=time.time() - s.started,
+            compiled=s.step.compiled,
+            ema=s.ema is not None,
+        )
+    )
+    if s.dd.main:
+        log.info(
+            "step %d: train loss %.4f, test accuracy %.2f%%", p.step, train_loss, 100 * p.test_acc
+        )
+    improved = p.test_acc > p.best_acc
+    p.best_acc = max(p.best_acc, p.test_acc)
+    _save(s, "last.pt")
+    if improved:
+        _save(s, "best.pt")
+
+
+def _log_train(s: Session) -> float:
+    """Log the interval's mean losses and the alphas; returns the mean loss."""
+    means = s.interval.means()
+    s.run.log(
+        dict(
+            kind="train",
+            epoch=_epochs(s),
+            step=s.progress.step,
+            **means,
+            lr=_lr(s),
+            alphas=_alpha_values(s.model),
+        )
+    )
+    s.interval.reset()
+    return means["loss"]
+
+
+def _check_finite(s: Session, nonfinite_at: Tensor) -> None:
+    step = int(s.dd.any(nonfinite_at).item())
+    if step >= 0:
+        raise TrainingDivergedError(
+            f"the loss became NaN or infinite at step {step}; training stopped and the last good "
+            f"checkpoint ({s.run.path / 'last.pt'}, if any) is kept. Lower optim.lr (for "
+            "example --set optim.lr=0.01) or check the data, then continue with --resume or "
+            "start over with --overwrite."
+        )
+
+
+def _save(s: Session, name: str) -> None:
+    p = s.progress
+    p.elapsed = time.time() - s.started
+    p.meters = {"interval": s.interval.state(), "epoch": s.epoch_meter.state()}
+    payload = training_payload(
+        s.recipe, s.model, s.optimizer, s.scheduler, s.train_loader, asdict(p),
+        evaluated=s.ema.module if s.ema is not None else None,
+    )  # fmt: skip
+    s.run.save(name, {**payload, "test_acc": p.test_acc})
+
+
+def _lr(s: Session) -> float:
+    return s.scheduler.get_last_lr()[0]
+
+
+def _epochs(s: Session) -> float:
     """Epochs done, fractional within an epoch (the x axis of alpha plots)."""
-    return progress.epoch + progress.batch / len(loader)
+    return s.progress.epoch + s.progress.batch / len(s.train_loader)
 
 
 def _alpha_values(model: nn.Module) -> dict[str, float]:
-    return {name: alpha.item() for name, alpha in alphas(unwrap(model)).items()}
+    return {name: alpha.item() for name, alpha in alphas(model).items()}

@@ -14,13 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from qsgt_plugin.errors import RecipeError
+
 __all__ = ["Recipe", "RecipeError", "apply_overrides", "load_recipe", "parse_recipe", "save_recipe"]
-
-Bits = Field(ge=2, le=8)
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be read or does not validate; the message lists every problem."""
 
 
 class _Section(BaseModel):
@@ -32,6 +28,8 @@ class ModelSection(_Section):
     """A timm model name; plugins' models included (``qsgt models``)."""
     kwargs: dict[str, Any] = {}
     """Passed to ``timm.create_model`` (``num_classes``, ``in_chans``, ``shortcut``, ...)."""
+    init_from: str | None = None
+    """A run directory or checkpoint whose weights start this run (e.g. a float run)."""
 
 
 class QuantSection(_Section):
@@ -42,7 +40,11 @@ class QuantSection(_Section):
     act_bits: int = Field(4, ge=2, le=8)
     first_last_bits: int | None = Field(8, ge=2, le=8)
     first_last_weight_quant: str | None = "int_per_channel"
-    alpha_init: float = Field(10.0, gt=0)
+    alpha_init: Literal["calibrate"] | float = 10.0
+    """Initial clipping level, or ``calibrate``: a percentile of each activation on the first
+    ``calibration_images`` training images (``qsgt_plugin.quant.calibrate_alphas``)."""
+    calibration_images: int = Field(512, ge=1)
+    alpha_percentile: float = Field(99.9, gt=0, le=100)
     overrides: dict[str, dict[Literal["weight_bits", "act_bits"], int | None] | None] = {}
 
 
@@ -65,9 +67,15 @@ class DataSection(_Section):
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     augment: bool = True
-    """CIFAR-10: pad-4 random crop and horizontal flip. MNIST is not augmented."""
+    """Random crop and flips of the training images; false turns both off."""
+    crop_padding: int | None = Field(None, ge=0)
+    """Random-crop padding; None: the dataset's (CIFAR-10 4, MNIST 0: no crop)."""
+    flip: Literal["none", "random", "alternate"] | None = None
+    """Horizontal flips; None: the dataset's (CIFAR-10 random, MNIST none)."""
     train_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
+    verify: bool = True
+    """Check the files against the official release's md5s and the labels' range."""
 
 
 class OptimSection(_Section):
@@ -79,6 +87,11 @@ class OptimSection(_Section):
     alpha_weight_decay: float | None = Field(None, ge=0)
     """L2 on the clipping levels; None uses weight_decay, as PACT does."""
 
+    @property
+    def alpha_decay(self) -> float:
+        """The L2 coefficient on the clipping levels that applies."""
+        return self.weight_decay if self.alpha_weight_decay is None else self.alpha_weight_decay
+
 
 class ScheduleSection(_Section):
     name: Literal["cosine", "onecycle", "step", "constant"] = "cosine"
@@ -86,6 +99,13 @@ class ScheduleSection(_Section):
     milestones: list[float] = [0.5, 0.75]
     """For ``step``: fractions of the run at which the rate is multiplied by ``gamma``."""
     gamma: float = Field(0.1, gt=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, value: list[float]) -> list[float]:
+        if not all(0 < m < 1 for m in value):
+            raise ValueError("milestones are fractions of the run, each strictly between 0 and 1")
+        return value
 
 
 class TrainSection(_Section):
@@ -96,8 +116,15 @@ class TrainSection(_Section):
     device: str = "auto"
     log_every: int = Field(50, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Label smoothing of the cross-entropy (SGT's KL term is unchanged)."""
+    ema: float | None = Field(None, gt=0, lt=1)
+    """Decay of an exponential moving average of the weights, alphas and BatchNorm statistics
+    included (timm's ModelEmaV3, with warm-up); the average is what is evaluated and saved as
+    the checkpoints' model. None: off."""
     fast_path: Literal["auto"] | bool = "auto"
-    """Dataset on the device as uint8, augmentation there, channels-last; auto: on CUDA."""
+    """Dataset on the device as uint8, augmentation there, channels-last; auto: on (channels-last
+    is faster on the CPU as well)."""
     compile: Literal["auto"] | bool = "auto"
     """torch.compile the model (eager if that fails, with a log line); auto: on CUDA."""
 
@@ -144,7 +171,34 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    _check_size(data, str(path))
     return parse_recipe(apply_overrides(data, overrides), source=str(path))
+
+
+MAX_VALUES = 10_000
+"""Values a recipe may hold once YAML aliases are expanded (a real one holds about 60)."""
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse a document whose aliases expand it beyond :data:`MAX_VALUES` (an alias bomb).
+
+    ``safe_load`` shares aliased objects, so the document is small in memory; anything that
+    walks it (validation, an error message) would expand it.
+    """
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise RecipeError(
+                f"{source} expands to more than {MAX_VALUES:,} values (YAML aliases?); a recipe "
+                "is a few dozen keys. Refused"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
@@ -158,6 +212,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        _check_size(value, f"--set {key}")
         *parents, leaf = key.split(".")
         node = data
         for depth, part in enumerate(parents):
@@ -172,6 +227,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
     """Validate a recipe dict; ``RecipeError`` lists each problem with its key path."""
+    _check_size(data, source)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -186,7 +242,8 @@ def save_recipe(recipe: Recipe, path: str | Path) -> None:
 
 
 def _describe(error: dict) -> str:
-    loc = [str(part) for part in error["loc"] if part != "[key]"]
+    # A key that would break the message's lines (a newline, a control character) is quoted.
+    loc = [_printable(str(part)) for part in error["loc"] if part != "[key]"]
     path = ".".join(loc)
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
@@ -195,6 +252,10 @@ def _describe(error: dict) -> str:
         return f"{path}: unknown key; {suggestion}allowed: {', '.join(allowed)}"
     message = error["msg"].removeprefix("Value error, ")
     return f"{path}: {message} (got {error.get('input')!r})"
+
+
+def _printable(key: str) -> str:
+    return key if key.isprintable() else repr(key)
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:

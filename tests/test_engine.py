@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsgt_plugin.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from qsgt_plugin.checkpoint import CheckpointError, load_checkpoint
 from qsgt_plugin.cli import main
-from qsgt_plugin.engine import RunExistsError, TrainingDivergedError, train
+from qsgt_plugin.engine import train
+from qsgt_plugin.errors import RecipeError, RunExistsError, TrainingDivergedError
 from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.run_dir import model_from_checkpoint
 
 pytestmark = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
 
@@ -78,7 +80,12 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
     b = load_checkpoint(resumed.run_dir / "last.pt")["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    steps = [r["step"] for r in records(resumed.run_dir)]
+    logs = records(resumed.run_dir)
+    resumes = [r for r in logs if r["kind"] == "resume"]
+    assert resumes == [
+        {"kind": "resume", "step": 4, "epoch": 1.0, "changed": {"train.epochs": [1, 2]}}
+    ]
+    steps = [r["step"] for r in logs if r["kind"] != "resume"]
     assert steps == [r["step"] for r in records(straight.run_dir)]  # nothing duplicated
 
 
@@ -107,12 +114,36 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    recipe = tiny(
-        tmp_path, optim={"lr": 1e30}, sgt={"enabled": False}, train={"epochs": 3, "log_every": 1}
-    )
-    with pytest.raises(TrainingDivergedError, match=r"NaN or infinite at step \d+"):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from qsgt_plugin.data import Loader
+
+    batches = Loader.batches
+
+    def poisoned(self, skip=0, epoch=0):  # the 2nd batch of the 2nd epoch is infinite
+        for i, (x, y) in enumerate(batches(self, skip, epoch), start=skip):
+            yield (x * float("inf") if (epoch, i) == (1, 1) else x), y
+
+    monkeypatch.setattr(Loader, "batches", poisoned)
+    recipe = tiny(tmp_path, sgt={"enabled": False}, train={"epochs": 3, "log_every": 1})
+    with pytest.raises(TrainingDivergedError, match=r"NaN or infinite at step 6;"):
         train(recipe)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["step"] == 4  # the end of the first epoch, the last good state
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    logs = records(tmp_path / "run")
+    assert max(r["step"] for r in logs) == 5  # nothing logged from the bad step on
+
+
+def test_best_pt_holds_the_best_evaluation(tmp_path, monkeypatch):
+    import qsgt_plugin.engine
+
+    accuracies = iter([0.5, 0.8, 0.6])
+    monkeypatch.setattr(qsgt_plugin.engine, "evaluate", lambda *a: (next(accuracies), 1.0))
+    result = train(tiny(tmp_path, sgt={"enabled": False}, train={"epochs": 3}))
+    best, last = (load_checkpoint(result.run_dir / n) for n in ("best.pt", "last.pt"))
+    assert (best["step"], best["test_acc"]) == (8, 0.8)
+    assert (last["step"], last["test_acc"]) == (12, 0.6)
+    assert result.best_acc == 0.8 and result.test_acc == 0.6
 
 
 def test_cli_train_then_evaluate(tmp_path, capsys):
@@ -155,7 +186,7 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
             ["train", str(ROOT / "recipes/quickstart.yaml"), "--set", "data.root=/nonexistent"],
             "mnist not found: looked in /nonexistent/MNIST/raw",
         ),
-        (["evaluate", "nowhere.pt"], "checkpoint not found: nowhere.pt"),
+        (["evaluate", "nowhere.pt"], "nowhere.pt does not exist"),
     ],
 )
 def test_cli_user_errors_exit_2_with_one_message(argv, message, capsys, tmp_path, monkeypatch):
@@ -185,3 +216,95 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     ):
         load_checkpoint(tmp_path / "unsafe.pt")
     assert not marker.exists()
+
+
+def test_resume_applies_a_new_learning_rate_and_logs_the_change(tmp_path):
+    first = train(tiny(tmp_path, train={"epochs": 1}, optim={"lr": 0.1}))
+    resumed = train(tiny(tmp_path, train={"epochs": 2}, optim={"lr": 0.01}), resume=True)
+    logs = records(resumed.run_dir)
+    (resume,) = [r for r in logs if r["kind"] == "resume"]
+    assert resume["changed"] == {"optim.lr": [0.1, 0.01], "train.epochs": [1, 2]}
+    after = [r for r in logs if r["kind"] == "train" and r["step"] > first.step]
+    assert after and all(r["lr"] == pytest.approx(0.01) for r in after)  # constant schedule
+    optimizer = load_checkpoint(resumed.run_dir / "last.pt")["optimizer"]
+    assert [g["lr"] for g in optimizer["param_groups"]] == pytest.approx([0.01, 0.01])
+
+
+@pytest.mark.parametrize(
+    ("section", "change", "key"),
+    [
+        ("quant", {"weight_bits": 3}, "quant.weight_bits"),
+        ("model", {"kwargs": {"in_chans": 1, "shortcut": "B"}}, "model.kwargs"),
+        ("sgt", {"mask_fraction": 0.3}, "sgt.mask_fraction"),
+        ("data", {"batch_size": 32}, "data.batch_size"),
+        ("train", {"seed": 5}, "train.seed"),
+    ],
+)
+def test_resume_refuses_changes_the_weights_depend_on(tmp_path, section, change, key):
+    train(tiny(tmp_path, train={"epochs": 1}))
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(RecipeError, match=rf"--resume cannot change {re.escape(key)} \("):
+        train(tiny(tmp_path, **{section: change}), resume=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before  # nothing touched
+
+
+def test_a_resumed_run_logs_what_the_uninterrupted_run_logs(tmp_path):
+    straight = train(tiny(tmp_path / "a", train={"epochs": 2, "checkpoint_every": 3}))
+    cut = tiny(tmp_path / "b", train={"epochs": 2, "checkpoint_every": 3, "max_steps": 6})
+    train(cut)
+    resumed = train(tiny(tmp_path / "b", train={"epochs": 2, "checkpoint_every": 3}), resume=True)
+
+    def evals(run):
+        return [r for r in records(run) if r["kind"] == "eval"]
+
+    a, b = evals(straight.run_dir), evals(resumed.run_dir)
+    # b evaluated at step 6 when it stopped; its final record matches a's
+    assert a[-1]["step"] == b[-1]["step"] == 8
+    assert b[-1]["train_loss"] == pytest.approx(a[-1]["train_loss"], rel=1e-6)
+    assert b[-1]["test_acc"] == a[-1]["test_acc"]
+    assert b[-1]["elapsed"] > evals(resumed.run_dir)[0]["elapsed"] > 0
+
+
+def test_ema_evaluates_and_saves_the_average(tmp_path):
+    result = train(tiny(tmp_path, train={"epochs": 1, "ema": 0.9}))
+    payload = load_checkpoint(result.run_dir / "last.pt")
+    assert set(payload["model"]) == set(payload["train_model"])
+    differs = [
+        k
+        for k in payload["model"]
+        if not torch.equal(payload["model"][k], payload["train_model"][k])
+    ]
+    assert any("alpha" in k for k in differs) and any("conv" in k for k in differs)
+    model = model_from_checkpoint(payload)
+    from qsgt_plugin.evaluation import evaluate
+    from qsgt_plugin.run_dir import load_run
+
+    run = load_run(result.run_dir / "last.pt")
+    assert evaluate(model, run.test_loader())[0] == payload["test_acc"]  # the average was evaluated
+
+
+def test_init_from_a_float_run_then_calibrate(tmp_path):
+    float_run = train(tiny(tmp_path / "fp32", quant={"enabled": False}, train={"epochs": 1}))
+    source = load_checkpoint(float_run.run_dir / "last.pt")["model"]
+    recipe = tiny(
+        tmp_path / "q",
+        model={"init_from": str(float_run.run_dir)},
+        quant={"alpha_init": "calibrate", "calibration_images": 64},
+        train={"epochs": 1, "max_steps": 1},
+        optim={"lr": 1e-9},
+    )
+    result = train(recipe)
+    logs = records(result.run_dir)
+    alphas = logs[0]["alphas"]
+    assert len(set(alphas.values())) > 5 and all(a != 10.0 for a in alphas.values())
+    trained = load_checkpoint(result.run_dir / "last.pt")["model"]
+    assert torch.allclose(trained["conv1.weight"], source["conv1.weight"], atol=1e-6)
+    with pytest.raises(RecipeError, match=r"model\.init_from: .* holds a different model"):
+        train(
+            tiny(
+                tmp_path / "bad",
+                model={"name": "resnet32", "init_from": str(float_run.run_dir)},
+            )
+        )
+    with pytest.raises(RecipeError, match=r"model\.init_from: .*nowhere does not exist"):
+        train(tiny(tmp_path / "bad", model={"init_from": str(tmp_path / "nowhere")}))

@@ -15,8 +15,8 @@ import torch
 
 from qsgt_plugin.data import Loader
 from qsgt_plugin.engine import train
-from qsgt_plugin.fast import resolve_auto
 from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.step import resolve_auto
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_data = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
@@ -41,7 +41,8 @@ def test_resident_channels_last_batches_equal_the_plain_ones():
             (0.5,) * 3,
             (0.25,) * 3,
             shuffle=True,
-            augment=True,
+            padding=4,
+            flip="random",
             generator=torch.Generator().manual_seed(4),
             **fast,
         )
@@ -104,7 +105,7 @@ def test_a_model_that_fails_to_compile_trains_eagerly(tmp_path, monkeypatch, cap
     monkeypatch.setattr(torch, "compile", broken_compile)
     recipe = tiny(tmp_path / "run", compile=True)
     recipe.data.train_subset, recipe.train.max_steps = 256, 3
-    with caplog.at_level(logging.INFO, logger="qsgt_plugin.fast"):
+    with caplog.at_level(logging.INFO, logger="qsgt_plugin.step"):
         result = train(recipe)
     assert result.step == 3
     assert "training path: compiled" in caplog.text

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from qsgt_plugin.build import check_names
+from qsgt_plugin.build import check_recipe
 from qsgt_plugin.recipe import Recipe, RecipeError, apply_overrides, load_recipe, save_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -88,12 +89,12 @@ def test_unreadable_recipes(tmp_path):
 
 def test_names_are_checked_against_the_registries():
     with pytest.raises(RecipeError, match=r"model\.name: unknown model 'resnet21'; did you mean"):
-        check_names(Recipe.model_validate({"model": {"name": "resnet21"}}))
+        check_recipe(Recipe.model_validate({"model": {"name": "resnet21"}}))
     with pytest.raises(
         RecipeError, match=r"quant\.method: unknown method 'lsq'; known: pact, pact_lsq"
     ):
-        check_names(Recipe.model_validate({"quant": {"method": "lsq"}}))
-    check_names(Recipe.model_validate({"quant": {"enabled": False, "method": "anything"}}))
+        check_recipe(Recipe.model_validate({"quant": {"method": "lsq"}}))
+    check_recipe(Recipe.model_validate({"quant": {"enabled": False, "method": "anything"}}))
 
 
 def test_resolved_recipe_round_trips(tmp_path):
@@ -107,7 +108,7 @@ def test_resolved_recipe_round_trips(tmp_path):
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_recipes_validate(path):
     recipe = load_recipe(path)
-    check_names(recipe)
+    check_recipe(recipe)
     assert recipe.name == path.stem
     assert recipe.output.dir == f"runs/{path.stem}"
     raw = yaml.safe_load(path.read_text())
@@ -117,11 +118,16 @@ def test_shipped_recipes_validate(path):
         assert recipe.quant.enabled == variant.startswith("w4a4")
         assert recipe.sgt.enabled == variant.endswith("sgt")
         assert recipe.sgt.mask_fraction == (0.5 if dataset == "mnist" else 0.1)
+        # CIFAR-10: the papers' schedule; MNIST: a 6-epoch one-cycle schedule for the CPU
+        decay = 2e-4 if dataset == "cifar10" else 5e-4
         assert (recipe.optim.lr, recipe.optim.momentum, recipe.optim.weight_decay) == (
             0.1,
             0.9,
-            2e-4,
+            decay,
         )
+        if dataset == "mnist":
+            assert recipe.train.epochs == 6 and recipe.schedule.name == "onecycle"
+            assert recipe.quant.alpha_init == "calibrate"
         assert raw["model"]["kwargs"].get("in_chans", 3) == (1 if dataset == "mnist" else 3)
 
 
@@ -129,8 +135,72 @@ def test_quant_and_sgt_sections_are_the_keyword_arguments_they_feed():
     import inspect
 
     from qsgt_plugin import SaliencyGuidedTraining, convert
+    from qsgt_plugin.build import CALIBRATION_KEYS
+    from qsgt_plugin.quant import calibrate_alphas
     from qsgt_plugin.recipe import QuantSection, SGTSection
 
     for section, function in ((QuantSection, convert), (SGTSection, SaliencyGuidedTraining)):
-        keys = set(section.model_fields) - {"enabled"}
+        keys = set(section.model_fields) - {"enabled"} - CALIBRATION_KEYS
         assert keys <= set(inspect.signature(function).parameters), keys
+    # the calibration keys feed calibrate_alphas (through build.calibrate)
+    assert set(QuantSection.model_fields) >= CALIBRATION_KEYS
+    assert {"batches", "percentile_q"} <= set(inspect.signature(calibrate_alphas).parameters)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        # 100 steps; the factor at steps 0, 10, 30, 50, 75, 99
+        ({"name": "constant"}, [1, 1, 1, 1, 1, 1]),
+        ({"name": "constant", "warmup_steps": 20}, [0.05, 0.55, 1, 1, 1, 1]),
+        (
+            {"name": "cosine"},
+            [
+                1,
+                0.5 * (1 + math.cos(0.1 * math.pi)),
+                0.5 * (1 + math.cos(0.3 * math.pi)),
+                0.5,
+                0.5 * (1 + math.cos(0.75 * math.pi)),
+                0.5 * (1 + math.cos(0.99 * math.pi)),
+            ],
+        ),
+        (
+            {"name": "onecycle"},
+            [
+                0.04,
+                0.04 + 0.96 / 3,
+                1,
+                0.5 * (1 + math.cos(20 / 70 * math.pi)),
+                0.5 * (1 + math.cos(45 / 70 * math.pi)),
+                0.5 * (1 + math.cos(69 / 70 * math.pi)),
+            ],
+        ),
+        ({"name": "step", "milestones": [0.5, 0.75], "gamma": 0.1}, [1, 1, 1, 0.1, 0.01, 0.01]),
+    ],
+)
+def test_every_schedule_follows_its_formula(schedule, expected):
+    from qsgt_plugin.build import lr_factor
+    from qsgt_plugin.recipe import ScheduleSection
+
+    section = ScheduleSection.model_validate(schedule)
+    got = [lr_factor(step, 100, section) for step in (0, 10, 30, 50, 75, 99)]
+    assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("alpha_decay", "expected"), [(None, 5e-4), (0.0, 0.0), (1e-3, 1e-3)])
+def test_the_clipping_levels_get_their_own_weight_decay_group(alpha_decay, expected):
+    import timm
+
+    from qsgt_plugin import convert
+    from qsgt_plugin.build import make_optimizer
+    from qsgt_plugin.quant import alphas
+    from qsgt_plugin.recipe import OptimSection
+
+    model = convert(timm.create_model("resnet20"), bits=4)
+    optim = OptimSection(weight_decay=5e-4, alpha_weight_decay=alpha_decay)
+    weights, clip_levels = make_optimizer(model, optim).param_groups
+    assert weights["weight_decay"] == 5e-4 and clip_levels["weight_decay"] == expected
+    assert {id(p) for p in clip_levels["params"]} == {id(a) for a in alphas(model).values()}
+    assert len(weights["params"]) + len(clip_levels["params"]) == len(list(model.parameters()))
+    float_groups = make_optimizer(timm.create_model("resnet20"), optim).param_groups
+    assert len(float_groups) == 1  # a float model has no clipping levels

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from qsgt_plugin.attribution.metrics import (
@@ -16,10 +18,24 @@ from qsgt_plugin.attribution.metrics import (
     spearman,
     top_overlap,
 )
-from qsgt_plugin.attribution.runs import ModelView
+from qsgt_plugin.quant.state import quantization_disabled
 from qsgt_plugin.sgt.saliency import attribute, make_attribution
 
-__all__ = ["Comparison", "compare_views"]
+__all__ = ["Comparison", "ModelView", "compare_views"]
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """A model to explain; ``float_view`` runs a converted model with quantization disabled."""
+
+    name: str
+    model: nn.Module
+    float_view: bool = False
+
+    @contextmanager
+    def active(self) -> Iterator[nn.Module]:
+        with quantization_disabled(self.model) if self.float_view else nullcontext():
+            yield self.model
 
 
 @dataclass

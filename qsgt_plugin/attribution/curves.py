@@ -15,8 +15,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from qsgt_plugin.evaluation import correct_count
 from qsgt_plugin.sgt.masking import apply_mask, rank_mask, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
+from qsgt_plugin.utils import eval_mode
 
 __all__ = ["FRACTIONS", "masking_curve"]
 
@@ -54,10 +56,8 @@ def masking_curve(
         kind: torch.zeros(len(fractions), dtype=torch.long) for kind in ("saliency", "random")
     }
     total = 0
-    was_training = model.training
-    model.eval()
-    try:
-        bar = tqdm(batches, desc="masking curve", leave=False, disable=None if progress else True)
+    bar = tqdm(batches, desc="masking curve", leave=False, disable=None if progress else True)
+    with eval_mode(model):
         for x, y in bar:
             saliency = reduce_saliency(attribute(model, x, y, method, **attribution_kwargs))
             random = torch.rand(saliency.shape, generator=generator).to(saliency.device)
@@ -66,10 +66,8 @@ def masking_curve(
                 for kind, scores in (("saliency", saliency), ("random", random)):
                     for i, t in enumerate(fractions):
                         masked = apply_mask(x, rank_mask(scores, t, lowest=False), fill)
-                        correct[kind][i] += (model(masked).argmax(1) == y).sum().cpu()
+                        correct[kind][i] += correct_count(model(masked), y).cpu()
             total += len(y)
-    finally:
-        model.train(was_training)
     return {
         kind: {t: counts[i].item() / total for i, t in enumerate(fractions)}
         for kind, counts in correct.items()

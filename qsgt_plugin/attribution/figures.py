@@ -51,7 +51,8 @@ def attribution_grid(
     for row in range(n):
         image = _hwc(shown[row])
         ax = axes[row, 0]
-        ax.imshow(image.squeeze(-1), cmap="gray" if image.shape[-1] == 1 else None)
+        gray = image.shape[-1] == 1
+        ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None)
         ax.set_xticks([])
         ax.set_yticks([])
         if titles:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from qsgt_plugin.sgt.masking import rank_mask, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
+from qsgt_plugin.utils import eval_mode
 
 __all__ = ["gini", "infidelity_score", "sensitivity_score", "spearman", "top_overlap"]
 
@@ -75,21 +76,16 @@ def infidelity_score(
         noise = torch.randn_like(inputs) * noise_std
         return noise, inputs - noise
 
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
-            return infidelity(
-                model,
-                perturb,
-                x,
-                maps,
-                target=target,
-                n_perturb_samples=n_perturb_samples,
-                normalize=True,
-            ).detach()
-        finally:
-            model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        return infidelity(
+            model,
+            perturb,
+            x,
+            maps,
+            target=target,
+            n_perturb_samples=n_perturb_samples,
+            normalize=True,
+        ).detach()
 
 
 def sensitivity_score(
