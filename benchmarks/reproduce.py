@@ -1,19 +1,27 @@
-"""Run the study's named experiments from recipes/ and append their rows to RESULTS.md.
+"""Run the study's named experiments, append their rows to RESULTS.md, ship the weights.
 
     python benchmarks/reproduce.py --list
-    python benchmarks/reproduce.py cifar10-w4a4-sgt mnist-w4a4-sgt      # on the GPU
+    python benchmarks/reproduce.py mnist-w4a4-sgt --seed 1      # one row; skipped if measured
+    python benchmarks/reproduce.py --table mnist                 # every MNIST row not yet measured
+    python benchmarks/reproduce.py --summary                     # rewrite the mean +- std table
     python benchmarks/reproduce.py --quick mnist-w4a4-sgt --results /tmp/R.md   # CPU smoke (CI)
 
-Each row: dataset, model, method, bits, SGT, epochs, test accuracy, wall time, images/s, device,
-date and the command that produced it. PACT's Table 1 (ResNet-20, CIFAR-10 top-1) is printed
-beside the rows as the anchor.
+Each row: dataset, model, method, bits, SGT, seed, epochs, test accuracy (of the final
+weights, on the whole test split), wall time, images/s, device, date and the command that
+produced it. A row already in RESULTS.md (same experiment and seed) is skipped unless --force;
+an interrupted run continues (``--resume``) where it stopped. The final weights go to
+``results/DATASET/EXPERIMENT-sSEED/`` (``model.pt`` with the model state only, ``recipe.yaml``,
+``metrics.jsonl``), which ``qsgt evaluate``, ``qsgt report`` and ``qsgt export`` read.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+import os
+import re
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -21,18 +29,23 @@ from pathlib import Path
 
 import torch
 
+from qsgt_plugin.checkpoint import load_checkpoint, save_checkpoint
 from qsgt_plugin.engine import train
 from qsgt_plugin.recipe import load_recipe
+from qsgt_plugin.run_dir import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = (
     "Anchor, PACT Table 1 (ResNet-20, CIFAR-10 top-1): "
     "fp32 91.6, 5-bit 91.7, 4-bit 91.3, 3-bit 91.1, 2-bit 89.7"
 )
-HEADER = (
-    "| experiment | dataset | model | method | bits | SGT | epochs | test acc | wall s | images/s "
-    "| device | date | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-)
+COLUMNS = (
+    "experiment", "dataset", "model", "method", "bits", "SGT", "seed", "epochs", "test acc",
+    "wall s", "images/s", "device", "date", "command",
+)  # fmt: skip
+HEADER = "| " + " | ".join(COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|\n"
+SUMMARY_START, SUMMARY_END = "<!-- summary:start -->", "<!-- summary:end -->"
+SHIPPED = ("model", "model_config", "recipe", "step", "test_acc")
 
 
 def _experiments() -> dict[str, tuple[str, list[str]]]:
@@ -49,34 +62,61 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
 
 
 EXPERIMENTS = _experiments()
+# The study's table: every variant over three seeds, the other bit widths with seed 0; seed by
+# seed, so that an interrupted table has whole seeds.
+TABLE = [
+    (f"{{d}}-{v}", seed) for seed in (0, 1, 2) for v in ("w4a4-sgt", "fp32-sgt", "w4a4", "fp32")
+] + [(f"{{d}}-w{b}a{b}-sgt", 0) for b in (2, 3, 8)]
 QUICK = [
     "train.max_steps=3",
+    "train.epochs=1",
     "data.train_subset=256",
     "data.test_subset=200",
     "data.batch_size=32",
     "train.log_every=1",
+    "quant.calibration_images=64",
 ]
 
 
-def run(name: str, extra: list[str], quick: bool, results: Path, out_root: Path) -> dict:
+def device_name(recipe) -> str:
+    if torch.cuda.is_available() and recipe.train.device != "cpu":
+        return torch.cuda.get_device_name()
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def measured(results: Path) -> set[tuple[str, int]]:
+    """(experiment, seed) of every full (not quick) row in ``results``."""
+    if not results.exists():
+        return set()
+    rows = set()
+    for cells in _rows(results.read_text()):
+        if "quick" not in cells["experiment"]:
+            rows.add((cells["experiment"], int(cells["seed"])))
+    return rows
+
+
+def _rows(text: str) -> list[dict[str, str]]:
+    """The rows of the results table, as ``{column: cell}``."""
+    out = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == len(COLUMNS) and cells[0] not in ("experiment", "---"):
+            out.append(dict(zip(COLUMNS, cells, strict=True)))
+    return out
+
+
+def run(name: str, seed: int, extra: list[str], quick: bool, results: Path, out_root: Path):
     recipe_path, overrides = EXPERIMENTS[name]
-    sets = [*overrides, *extra, *(QUICK if quick else []), f"output.dir={out_root / name}"]
-    recipe = load_recipe(ROOT / recipe_path, sets)
+    run_dir = out_root / f"{name}-s{seed}"
+    sets = [*overrides, f"train.seed={seed}", *extra, *(QUICK if quick else [])]
+    recipe = load_recipe(ROOT / recipe_path, [*sets, f"output.dir={run_dir}"])
+    resume = (run_dir / "last.pt").exists() and not quick
     started = time.time()
-    result = train(recipe, overwrite=True)
+    result = train(recipe, resume=resume, overwrite=not resume)
     wall = time.time() - started
-    records = [
-        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
-    last_eval = [r for r in records if r["kind"] == "eval"][-1]
-    images = result.step * recipe.data.batch_size
-    device = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available() and recipe.train.device != "cpu"
-        else "CPU"
-    )
+    final = [r for r in read_metrics(run_dir) if r["kind"] == "eval"][-1]
     quant = recipe.quant
-    command = "python benchmarks/reproduce.py " + ("--quick " if quick else "") + name
+    command = f"python benchmarks/reproduce.py {'--quick ' if quick else ''}{name} --seed {seed}"
     command += "".join(f" --set {s}" for s in extra)
     row = {
         "experiment": name + (" (quick smoke run)" if quick else ""),
@@ -84,12 +124,13 @@ def run(name: str, extra: list[str], quick: bool, results: Path, out_root: Path)
         "model": recipe.model.name,
         "method": quant.method if quant.enabled else "fp32",
         "bits": f"w{quant.weight_bits}a{quant.act_bits}" if quant.enabled else "32",
-        "sgt": "yes" if recipe.sgt.enabled else "no",
-        "epochs": f"{last_eval['epoch']:.2f}",
-        "test_acc": f"{100 * result.test_acc:.2f}%",
-        "wall_s": f"{wall:.0f}",
-        "images_per_s": f"{images / last_eval['elapsed']:.0f}",
-        "device": device,
+        "SGT": "yes" if recipe.sgt.enabled else "no",
+        "seed": str(seed),
+        "epochs": f"{final['epoch']:.2f}",
+        "test acc": f"{100 * result.test_acc:.2f}%",
+        "wall s": f"{final['elapsed']:.0f}" if resume else f"{wall:.0f}",
+        "images/s": f"{result.step * recipe.data.batch_size / final['elapsed']:.0f}",
+        "device": device_name(recipe),
         "date": dt.date.today().isoformat(),
         "command": f"`{command}`",
     }
@@ -97,14 +138,50 @@ def run(name: str, extra: list[str], quick: bool, results: Path, out_root: Path)
         results.write_text("# Results\n\n" + ANCHORS + "\n\n" + HEADER)
     with results.open("a") as f:
         f.write("| " + " | ".join(row.values()) + " |\n")
+    if not quick:
+        ship(run_dir, ROOT / "results" / recipe.data.dataset / run_dir.name)
     return row
+
+
+def ship(run_dir: Path, dest: Path) -> Path:
+    """The final weights (model state only), the resolved recipe and the metrics log."""
+    dest.mkdir(parents=True, exist_ok=True)
+    payload = load_checkpoint(run_dir / "last.pt")
+    save_checkpoint({k: payload[k] for k in SHIPPED}, dest / "model.pt")
+    for name in ("recipe.yaml", "metrics.jsonl"):
+        shutil.copyfile(run_dir / name, dest / name)
+    return dest
+
+
+def summary(results: Path) -> str:
+    """Mean +- std of the test accuracy over seeds, per experiment, as a markdown table."""
+    by_name: dict[str, list[float]] = {}
+    for cells in _rows(results.read_text()):
+        if "quick" not in cells["experiment"]:
+            by_name.setdefault(cells["experiment"], []).append(float(cells["test acc"][:-1]))
+    lines = ["| experiment | seeds | test acc, mean ± std |", "|---|---|---|"]
+    for name, accs in by_name.items():
+        spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+        lines.append(f"| {name} | {len(accs)} | {statistics.mean(accs):.2f}%{spread} |")
+    return "\n".join(lines)
+
+
+def write_summary(results: Path) -> None:
+    text = results.read_text()
+    block = f"{SUMMARY_START}\n{summary(results)}\n{SUMMARY_END}"
+    pattern = re.compile(re.escape(SUMMARY_START) + ".*?" + re.escape(SUMMARY_END), re.S)
+    results.write_text(pattern.sub(block, text) if pattern.search(text) else text + "\n" + block)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("experiments", nargs="*", metavar="NAME")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of the named runs (0)")
+    parser.add_argument("--table", choices=["mnist", "cifar10"], help="every row of the table")
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--quick", action="store_true", help="3 steps on a few images (CI)")
+    parser.add_argument("--force", action="store_true", help="rerun rows already measured")
+    parser.add_argument("--summary", action="store_true", help="rewrite the summary table")
     parser.add_argument(
         "--set",
         action="append",
@@ -115,21 +192,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
     parser.add_argument("--runs", type=Path, help="where runs go (default: runs/reproduce)")
     args = parser.parse_args(argv)
-    if args.list or not args.experiments:
+    jobs = [(n.format(d=args.table), s) for n, s in TABLE] if args.table else []
+    jobs += [(name, args.seed) for name in args.experiments]
+    if args.list or not (jobs or args.summary):
         for name, (recipe, overrides) in EXPERIMENTS.items():
             print(f"{name:20s} {recipe} {' '.join(overrides)}")
         return 0
-    unknown = [n for n in args.experiments if n not in EXPERIMENTS]
+    unknown = [n for n, _ in jobs if n not in EXPERIMENTS]
     if unknown:
         print(f"unknown experiment(s) {', '.join(unknown)}; see --list", file=sys.stderr)
         return 2
     out_root = args.runs or (Path(tempfile.mkdtemp()) if args.quick else ROOT / "runs/reproduce")
+    done = set() if (args.force or args.quick) else measured(args.results)
     print(ANCHORS)
-    for name in args.experiments:
-        row = run(name, args.set, args.quick, args.results, out_root)
-        print(" | ".join(f"{k}={v}" for k, v in row.items()))
+    for name, seed in jobs:
+        if (name, seed) in done:
+            print(f"{name} seed {seed}: already in {args.results}; skipped (--force reruns it)")
+            continue
+        row = run(name, seed, args.set, args.quick, args.results, out_root)
+        print(" | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    if args.summary:
+        write_summary(args.results)
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())
