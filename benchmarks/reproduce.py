@@ -123,7 +123,7 @@ def run(name: str, seed: int, extra: list[str], quick: bool, results: Path, out_
         "dataset": recipe.data.dataset,
         "model": recipe.model.name,
         "method": quant.method if quant.enabled else "fp32",
-        "bits": f"w{quant.weight_bits}a{quant.act_bits}" if quant.enabled else "32",
+        "bits": quant.label if quant.enabled else "32",
         "SGT": "yes" if recipe.sgt.enabled else "no",
         "seed": str(seed),
         "epochs": f"{final['epoch']:.2f}",
@@ -134,13 +134,23 @@ def run(name: str, seed: int, extra: list[str], quick: bool, results: Path, out_
         "date": dt.date.today().isoformat(),
         "command": f"`{command}`",
     }
-    if not results.exists():
-        results.write_text("# Results\n\n" + ANCHORS + "\n\n" + HEADER)
-    with results.open("a") as f:
-        f.write("| " + " | ".join(row.values()) + " |\n")
+    add_row(results, "| " + " | ".join(row.values()) + " |")
     if not quick:
         ship(run_dir, ROOT / "results" / recipe.data.dataset / run_dir.name)
     return row
+
+
+def add_row(results: Path, line: str) -> None:
+    """Insert ``line`` after the last row of the measured table (a new file gets one)."""
+    if not results.exists():
+        results.write_text("# Results\n\n" + ANCHORS + "\n\n" + HEADER)
+    lines = results.read_text().splitlines()
+    header = next(i for i, text in enumerate(lines) if text.startswith(HEADER.split("\n")[0]))
+    end = header + 2
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines.insert(end, line)
+    results.write_text("\n".join(lines) + "\n")
 
 
 def ship(run_dir: Path, dest: Path) -> Path:

@@ -27,6 +27,7 @@ from qsgt_plugin.recipe import (
     SGTSection,
 )
 from qsgt_plugin.sgt import SaliencyGuidedTraining
+from qsgt_plugin.utils import eval_mode
 
 __all__ = [
     "CALIBRATION_KEYS",
@@ -136,18 +137,15 @@ def build_model(
 
 
 def _dry_run(model: nn.Module, name: str, example: Tensor) -> None:
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(example)
+        with torch.no_grad(), eval_mode(model):
+            model(example)
     except Exception as exc:
         shape = "x".join(str(s) for s in example.shape[1:])
         raise RecipeError(
             f"model.name: {name} cannot run on {shape} images: {_first_line(exc)}. Choose a "
             "model for this image size (`qsgt models` lists the CIFAR ResNets)"
         ) from None
-    finally:
-        model.train(was_training)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
-from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from qsgt_plugin.cli_parser import build_parser
 from qsgt_plugin.errors import QsgtError
 
 log = logging.getLogger("qsgt_plugin")
@@ -152,15 +150,21 @@ def _alpha_plot(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from qsgt_plugin.report import build_report
 
-    images = None if args.curve_images == 0 else args.curve_images
-    build_report(
+    numbers = build_report(
         args.runs,
         args.out,
         images=args.images,
-        curve_images=images,
+        curve_images=None if args.curve_images == 0 else args.curve_images,
         method=args.method,
+        mprt_images=args.mprt_images,
         data_root=args.data_root,
     )
+    runs = numbers["runs"]
+    names = list(next(iter(runs.values()))["suite"]["seconds"])
+    print(f"{'seconds':40s} " + " ".join(f"{n[:12]:>12s}" for n in names))
+    for name, run in runs.items():
+        seconds = run["suite"]["seconds"]
+        print(f"{name[:40]:40s} " + " ".join(f"{seconds[n]:12.1f}" for n in names))
     print(f"report: {Path(args.out) / 'report.md'}; numbers: {Path(args.out) / 'metrics.json'}")
     return 0
 
@@ -208,148 +212,17 @@ def _models(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _version() -> str:
-    try:
-        return version("qsgt-plugin")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments are one line naming the problem and where help is, then exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="qsgt", description="PACT quantization and saliency-guided training.")
-    parser.add_argument("--version", action="version", version=_version())
-    debug = dict(action="store_true", help="show the traceback of an error")
-    parser.add_argument("--debug", **debug)
-    sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        # After the subcommand too; SUPPRESS keeps a --debug given before it.
-        p.add_argument("--debug", **debug, default=argparse.SUPPRESS)
-        return p
-
-    p = command("train", "train from a YAML recipe")
-    p.add_argument("recipe", help="recipe file, e.g. recipes/quickstart.yaml")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set optim.lr=0.05 (repeatable)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue the run in output.dir")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in output.dir")
-    p.add_argument(
-        "--nproc",
-        type=_count(1),
-        default=1,
-        metavar="N",
-        help="data-parallel processes on this machine (runs torchrun; one per GPU)",
-    )
-    p.set_defaults(func=_train)
-
-    p = command("evaluate", "test accuracy of a checkpoint")
-    p.add_argument("checkpoint", help="a last.pt or best.pt written by `qsgt train`")
-    p.add_argument("--data-root", help="dataset folder (default: the recipe's, then QSGT_DATA)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.set_defaults(func=_evaluate)
-
-    def analysis(name: str, help: str, many: bool = True) -> argparse.ArgumentParser:
-        p = command(name, help)
-        p.add_argument(
-            "runs",
-            nargs="+" if many else 1,
-            metavar="RUN",
-            help="run directories written by `qsgt train` (or checkpoints)",
-        )
-        p.add_argument("--data-root", help="dataset folder (default: the recipe's, then QSGT_DATA)")
-        return p
-
-    attribution_methods = "Saliency, InputXGradient, IntegratedGradients, SmoothGrad"
-    p = analysis("compare", "attribution maps of several runs side by side, with numbers")
-    p.add_argument("--images", type=_count(1), default=16, help="test images to explain (16)")
-    p.add_argument("--method", default="Saliency", help=attribution_methods)
-    p.add_argument(
-        "--no-float-views",
-        action="store_true",
-        help="leave out quantized runs' float versions (quantization disabled)",
-    )
-    p.add_argument("--out", default="attributions.png", help="figure path (numbers: .json beside)")
-    p.set_defaults(func=_compare)
-
-    p = analysis("masking-curve", "accuracy as the most salient pixels are replaced")
-    p.add_argument("--images", type=_count(0), default=1000, help="test images (1000; 0 = all)")
-    p.add_argument("--method", default="Saliency", help=attribution_methods)
-    p.add_argument(
-        "--fill",
-        type=_finite,
-        default=0.0,
-        help="replacement value in normalised units (0 = the dataset mean)",
-    )
-    p.add_argument("--out", default="masking-curve.png", help="figure path (numbers: .json)")
-    p.set_defaults(func=_masking_curve)
-
-    p = analysis("alpha-plot", "PACT clipping levels per layer over training", many=False)
-    p.add_argument("--out", help="figure path (default: RUN/alpha.png)")
-    p.set_defaults(func=_alpha_plot)
-
-    p = analysis("report", "report.md with every figure, an accuracy table and metrics.json")
-    p.add_argument("--out", default="report", help="output folder (report/)")
-    p.add_argument(
-        "--images", type=_count(1), default=16, help="images in the attribution grid (16)"
-    )
-    p.add_argument(
-        "--curve-images",
-        type=_count(0),
-        default=1000,
-        help="test images of the masking curves (1000; 0 = all)",
-    )
-    p.add_argument("--method", default="Saliency", help=attribution_methods)
-    p.set_defaults(func=_report)
-
-    p = command("export", "export a checkpoint as a QCDQ ONNX model")
-    p.add_argument("checkpoint", help="a run directory or a checkpoint written by `qsgt train`")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (QCDQ)")
-    p.add_argument("--out", help="output file (default: model.onnx beside the checkpoint)")
-    p.set_defaults(func=_export)
-
-    p = command("methods", "list quantization methods and weight quantizers")
-    p.set_defaults(func=_methods)
-    p = command("models", "list models registered by plugins")
-    p.set_defaults(func=_models)
-    return parser
+COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "compare": _compare,
+    "masking-curve": _masking_curve,
+    "alpha-plot": _alpha_plot,
+    "report": _report,
+    "export": _export,
+    "methods": _methods,
+    "models": _models,
+}
 
 
 def _one_line(message: str) -> str:
@@ -365,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qsgt_plugin.launch import report_rank_error
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(COMMANDS).parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

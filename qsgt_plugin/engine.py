@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from qsgt_plugin.data import DATASETS, Loader
 from qsgt_plugin.distributed import Distributed, setup
 from qsgt_plugin.errors import RecipeError, TrainingDivergedError
 from qsgt_plugin.evaluation import evaluate
+from qsgt_plugin.progress import Meter, Progress
 from qsgt_plugin.quant import alphas
 from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.resume import apply_resume_changes, resume_changes
@@ -47,7 +48,7 @@ from qsgt_plugin.run_dir import (
 )
 from qsgt_plugin.step import CompiledStep, make_train_step, resolve_auto
 
-__all__ = ["Meter", "Progress", "RunResult", "preflight", "train"]
+__all__ = ["RunResult", "preflight", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -58,49 +59,6 @@ class RunResult:
     test_acc: float
     best_acc: float
     step: int
-
-
-class Meter:
-    """Running sums of the loss terms over training steps, kept on the device until read."""
-
-    FIELDS = ("loss", "ce", "kl")
-
-    def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
-        self.sums = torch.zeros(len(self.FIELDS), device=device)
-        self.count = torch.zeros((), device=device)
-        if state:
-            self.sums += torch.tensor(state["sums"], device=device)
-            self.count += state["count"]
-
-    def add(self, parts: Tensor) -> None:
-        """``parts``: this step's ``[loss, ce, kl]``."""
-        self.sums += parts
-        self.count += 1
-
-    def means(self) -> dict[str, float]:
-        values = (self.sums / self.count.clamp(min=1)).tolist()
-        return dict(zip(self.FIELDS, values, strict=True))
-
-    def reset(self) -> None:
-        self.sums.zero_()
-        self.count.zero_()
-
-    def state(self) -> dict[str, Any]:
-        return {"sums": self.sums.tolist(), "count": self.count.item()}
-
-
-@dataclass
-class Progress:
-    """Where a run stands; saved in every checkpoint, so a resumed run logs what it would have."""
-
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0  # epochs completed
-    batch: int = 0  # batches done in the current epoch
-    best_acc: float = -1.0
-    test_acc: float = float("nan")  # of the last evaluation
-    elapsed: float = 0.0  # training seconds, summed over every process that ran it
-    epoch_rng: Tensor | None = None  # loader generator state at the start of the epoch
-    meters: dict[str, dict] = field(default_factory=dict)  # Meter states, at checkpoints
 
 
 @dataclass

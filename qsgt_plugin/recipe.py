@@ -47,6 +47,11 @@ class QuantSection(_Section):
     alpha_percentile: float = Field(99.9, gt=0, le=100)
     overrides: dict[str, dict[Literal["weight_bits", "act_bits"], int | None] | None] = {}
 
+    @property
+    def label(self) -> str:
+        """``w4a4`` (weight and activation bits), or ``fp32`` when quantization is off."""
+        return f"w{self.weight_bits}a{self.act_bits}" if self.enabled else "fp32"
+
 
 class SGTSection(_Section):
     enabled: bool = False

@@ -8,19 +8,24 @@ from contextlib import contextmanager
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["eval_mode", "frozen_parameters", "unwrap"]
+__all__ = ["eval_mode", "frozen_parameters", "training_mode", "unwrap"]
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, then restore each one's own ``training`` flag."""
+def training_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """Put every submodule in training (or eval) mode, then restore each one's own flag."""
     modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
+        model.train(training)
         yield model
     finally:
         for module, mode in modes.items():
             module.training = mode
+
+
+def eval_mode(model: nn.Module):
+    """:func:`training_mode` with ``training=False``."""
+    return training_mode(model, False)
 
 
 @contextmanager

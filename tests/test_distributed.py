@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,59 @@ def test_the_fused_path_keeps_ranks_in_sync(tmp_path):
     ddp = run_ddp(tmp_path, recipe(tmp_path / "ddp", 1024, fused=True))
     assert ddp["step"] == 16
     assert not any(torch.isnan(t).any() for t in ddp["model"].values() if t.is_floating_point())
+
+
+def test_a_user_error_inside_the_ranks_prints_once_without_torchruns_report(tmp_path, capfd):
+    config = recipe(tmp_path / "nan", 1024)
+    config["optim"] = {"lr": 1e30}  # the loss diverges on the ranks, after the launch
+    config["train"]["log_every"] = 1
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--nproc=2"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("qsgt train: error: the loss became NaN or infinite at step") == 1
+    assert "ChildFailedError" not in err and "Traceback" not in err
+
+
+def test_killing_the_launcher_stops_its_ranks_and_frees_the_run(tmp_path):
+    config = recipe(tmp_path / "killed", 8192)
+    config["train"]["checkpoint_every"] = 4
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "qsgt_plugin.cli", "train", str(path), "--nproc", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    out = tmp_path / "killed"
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (out / "last.pt").exists(), "the ranks never wrote a checkpoint"
+    assert ranks_writing(out), "no rank was running"
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.time() + 20
+    while ranks_writing(out) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not ranks_writing(out), "ranks outlived their launcher"
+    size = (out / "metrics.jsonl").stat().st_size
+    time.sleep(2)
+    assert (out / "metrics.jsonl").stat().st_size == size  # nobody writes any more
+    assert main(["train", str(path), "--resume"]) == 0  # the lock died with them
+
+
+def ranks_writing(out: Path) -> list[int]:
+    """Processes whose command line names this run's recipe (torchrun and its ranks)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if str(out.parent / "recipe.yaml") in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids

@@ -17,7 +17,11 @@ from qsgt_plugin.errors import RecipeError, RunExistsError, TrainingDivergedErro
 from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.run_dir import model_from_checkpoint
 
-pytestmark = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
+# Every test here trains on real MNIST (CI runs them; plain `pytest` leaves them out).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set"),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 

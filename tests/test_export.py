@@ -80,6 +80,7 @@ def test_missing_export_extra_is_named(tmp_path, monkeypatch):
         export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
 def test_cli_export_writes_onnx_and_prints_sizes(tmp_path, capsys):
     run = tmp_path / "run"

@@ -3,6 +3,7 @@ benchmark scripts' quick modes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -95,6 +96,7 @@ def test_torch_compile_on_the_cpu_trains_like_eager(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_a_model_that_fails_to_compile_trains_eagerly(tmp_path, monkeypatch, caplog):
     def broken_compile(model, *args, **kwargs):
         def fail(*a, **k):
@@ -136,6 +138,14 @@ def test_benchmarks_run_in_quick_mode(script):
     assert "failed" not in out
 
 
+def _reproduce():
+    """benchmarks/reproduce.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @needs_data
 @pytest.mark.slow
 def test_reproduce_quick_appends_a_row(tmp_path):
@@ -160,7 +170,10 @@ def test_reproduce_quick_appends_a_row(tmp_path):
     assert "PACT Table 1" in text
     row = [line for line in text.splitlines() if line.startswith("| mnist-w4a4-sgt")]
     assert len(row) == 1
-    cells = [c.strip() for c in row[0].strip("|").split("|")]
-    assert cells[1:6] == ["mnist", "resnet20", "pact", "w4a4", "yes"]
-    assert cells[7].endswith("%") and cells[10] == "CPU"
-    assert "python benchmarks/reproduce.py --quick mnist-w4a4-sgt" in cells[12]
+    columns = _reproduce().COLUMNS
+    cells = dict(zip(columns, (c.strip() for c in row[0].strip("|").split("|")), strict=True))
+    assert [cells[k] for k in ("dataset", "model", "method", "bits", "SGT", "seed")] == [
+        "mnist", "resnet20", "pact", "w4a4", "yes", "0",
+    ]  # fmt: skip
+    assert cells["test acc"].endswith("%") and cells["device"] == f"CPU, {os.cpu_count()} cores"
+    assert "python benchmarks/reproduce.py --quick mnist-w4a4-sgt --seed 0" in cells["command"]

@@ -20,7 +20,11 @@ from qsgt_plugin.cli import main
 from qsgt_plugin.engine import train
 from qsgt_plugin.recipe import Recipe
 
-pytestmark = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
+# The table's runs train on real MNIST (for two steps): CI runs these, plain `pytest` does not.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set"),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "recipes/quickstart.yaml")

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from qsgt_plugin.build import check_recipe
@@ -204,3 +205,20 @@ def test_the_clipping_levels_get_their_own_weight_decay_group(alpha_decay, expec
     assert len(weights["params"]) + len(clip_levels["params"]) == len(list(model.parameters()))
     float_groups = make_optimizer(timm.create_model("resnet20"), optim).param_groups
     assert len(float_groups) == 1  # a float model has no clipping levels
+
+
+def test_label_smoothing_and_nesterov_reach_the_criterion_and_optimizer():
+    import torch.nn.functional as F
+
+    from qsgt_plugin.build import make_criterion, make_optimizer
+    from qsgt_plugin.recipe import OptimSection
+
+    logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    smoothed = make_criterion(0.1)(logits, y)
+    log_p = F.log_softmax(logits, 1)
+    expected = 0.9 * F.nll_loss(log_p, y) + 0.1 * (-log_p.mean(1)).mean()
+    torch.testing.assert_close(smoothed, expected)
+    torch.testing.assert_close(make_criterion(0.0)(logits, y), F.cross_entropy(logits, y))
+    model = torch.nn.Linear(3, 2)
+    (group,) = make_optimizer(model, OptimSection(nesterov=True, momentum=0.8)).param_groups
+    assert group["nesterov"] is True and group["momentum"] == 0.8

@@ -17,8 +17,9 @@ from qsgt_plugin.checkpoint import CheckpointError, load_checkpoint
 from qsgt_plugin.cli import main
 from qsgt_plugin.data import DatasetNotFoundError, load_split
 from qsgt_plugin.engine import train
+from qsgt_plugin.errors import RunDirError
 from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.run_dir import RunDir, RunDirError
+from qsgt_plugin.run_dir import RunDir
 
 needs_data = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
 

@@ -7,27 +7,54 @@ float view (:class:`ModelView`). Run directories are read above this package
 
 from qsgt_plugin.attribution.compare import Comparison, ModelView, compare_views
 from qsgt_plugin.attribution.curves import FRACTIONS, masking_curve
-from qsgt_plugin.attribution.figures import alpha_figure, attribution_grid, masking_curve_figure
+from qsgt_plugin.attribution.faithfulness import DeletionInsertion, deletion_insertion, substrate
+from qsgt_plugin.attribution.figures import (
+    alpha_figure,
+    attribution_grid,
+    band_figure,
+    masking_curve_figure,
+    mprt_figure,
+)
 from qsgt_plugin.attribution.metrics import (
+    entropy,
     gini,
     infidelity_score,
     sensitivity_score,
     spearman,
     top_overlap,
 )
+from qsgt_plugin.attribution.randomisation import mprt, random_logit, weight_layers
+from qsgt_plugin.attribution.road import Road, linear_imputation, road
+from qsgt_plugin.attribution.stats import compare, summarise
+from qsgt_plugin.attribution.suite import explanation_suite
 
 __all__ = [
     "FRACTIONS",
     "Comparison",
+    "DeletionInsertion",
     "ModelView",
+    "Road",
     "alpha_figure",
     "attribution_grid",
+    "band_figure",
+    "compare",
     "compare_views",
+    "deletion_insertion",
+    "entropy",
+    "explanation_suite",
     "gini",
     "infidelity_score",
+    "linear_imputation",
     "masking_curve",
     "masking_curve_figure",
+    "mprt",
+    "mprt_figure",
+    "random_logit",
+    "road",
     "sensitivity_score",
     "spearman",
+    "substrate",
+    "summarise",
     "top_overlap",
+    "weight_layers",
 ]

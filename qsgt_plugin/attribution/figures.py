@@ -18,7 +18,13 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
-__all__ = ["alpha_figure", "attribution_grid", "masking_curve_figure"]
+__all__ = [
+    "alpha_figure",
+    "attribution_grid",
+    "band_figure",
+    "masking_curve_figure",
+    "mprt_figure",
+]
 
 
 def _hwc(t: Tensor) -> np.ndarray:
@@ -94,6 +100,86 @@ def masking_curve_figure(
     ax.set_title(title or "accuracy when the most salient pixels are replaced")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def band_figure(
+    panels: dict[str, dict[str, dict[str, list[list[float]]]]],
+    fractions: list[float],
+    path: str | Path,
+    *,
+    title: str = "",
+    ylabel: str = "",
+    styles: dict[str, str] | None = None,
+) -> Path:
+    """Curves over seeds: the mean as a line, mean +- one standard deviation as a band.
+
+    Args:
+        panels: panel title -> group label -> curve name -> one list of values per seed.
+        fractions: the x values (fractions of pixels), shown in %.
+        styles: curve name -> line style (``"-"`` for the saliency ranking, ``"--"`` random).
+    """
+    styles = styles or {}
+    fig = Figure(figsize=(5 * len(panels) + 2.5, 4), dpi=90)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colours = colormaps["tab10"]
+    xs = [100 * t for t in fractions]
+    for ax, (panel, groups) in zip(axes, panels.items(), strict=True):
+        for i, (group, curves) in enumerate(groups.items()):
+            for name, runs in curves.items():
+                values = np.asarray(runs, dtype=float) * 100
+                mean, std = (
+                    values.mean(0),
+                    values.std(0, ddof=1) if len(values) > 1 else 0 * values[0],
+                )
+                label = f"{group}, {name} (n={len(values)})"
+                ax.plot(xs, mean, styles.get(name, "-"), color=colours(i % 10), label=label)
+                ax.fill_between(xs, mean - std, mean + std, color=colours(i % 10), alpha=0.15)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("pixels removed (%)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def mprt_figure(
+    groups: dict[str, list[list[float]]], layers: list[str], path: str | Path, *, title: str = ""
+) -> Path:
+    """MPRT: similarity to the trained model's maps as layers are randomised from the top.
+
+    Args:
+        groups: group label -> one similarity-per-depth list per seed.
+        layers: the layer randomised at each depth (output layer first).
+    """
+    fig = Figure(figsize=(9, 4), dpi=90)
+    ax = fig.subplots()
+    colours = colormaps["tab10"]
+    depth = np.arange(1, len(layers) + 1)
+    for i, (group, runs) in enumerate(groups.items()):
+        values = np.asarray(runs, dtype=float)
+        mean = values.mean(0)
+        std = values.std(0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+        ax.plot(
+            depth,
+            mean,
+            "-o",
+            markersize=3,
+            color=colours(i % 10),
+            label=f"{group} (n={len(values)})",
+        )
+        ax.fill_between(depth, mean - std, mean + std, color=colours(i % 10), alpha=0.15)
+    ax.set_xticks(depth)
+    ax.set_xticklabels(layers, rotation=90, fontsize=6)
+    ax.set_xlabel("layers randomised, cumulatively from the output")
+    ax.set_ylabel("Spearman of |maps| with the trained model")
+    ax.set_title(title or "cascading model-parameter randomisation (MPRT)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 

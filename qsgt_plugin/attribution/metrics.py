@@ -18,7 +18,7 @@ from qsgt_plugin.sgt.masking import rank_mask, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
 from qsgt_plugin.utils import eval_mode
 
-__all__ = ["gini", "infidelity_score", "sensitivity_score", "spearman", "top_overlap"]
+__all__ = ["entropy", "gini", "infidelity_score", "sensitivity_score", "spearman", "top_overlap"]
 
 
 def _flat(maps: Tensor) -> Tensor:
@@ -56,6 +56,19 @@ def gini(maps: Tensor) -> Tensor:
     g = 1 - 2 * ((c / total.clamp(min=1e-30)) * (n - k + 0.5) / n).sum(1)
     g = g * n / (n - 1)
     return torch.where(total.squeeze(1) > 0, g, torch.zeros_like(g))
+
+
+def entropy(maps: Tensor) -> Tensor:
+    """Per-image Shannon entropy (nats) of ``|attribution|`` normalised to sum to 1.
+
+    Bhatt et al. 2020's complexity: ``log(H * W)`` for a constant map, 0 for a one-hot map.
+    A map of zeros has entropy 0.
+    """
+    c = _flat(maps)
+    total = c.sum(1, keepdim=True)
+    p = c / total.clamp(min=1e-30)
+    terms = torch.where(p > 0, -p * p.clamp(min=1e-300).log(), torch.zeros_like(p))
+    return torch.where(total.squeeze(1) > 0, terms.sum(1), torch.zeros_like(total.squeeze(1)))
 
 
 def infidelity_score(

@@ -19,6 +19,7 @@ from brevitas.nn.quant_layer import QuantNonLinearActLayer
 from torch import Tensor, nn
 
 from qsgt_plugin.quant.state import alphas
+from qsgt_plugin.utils import training_mode
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="fast_hadamard_transform")
@@ -87,11 +88,9 @@ def calibrate_alphas(
     sites = {n: m for n, m in model.named_modules() if isinstance(m, QuantNonLinearActLayer)}
     handles = [sites[name].register_forward_hook(observe(name)) for name in levels]
     saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
-    was_training = model.training
     seen = 0
     try:
-        model.train()
-        with quantization_status_manager(model, disable_act_quant=True):
+        with training_mode(model, True), quantization_status_manager(model, disable_act_quant=True):
             for batch in batches:
                 model(batch[0] if isinstance(batch, (tuple, list)) else batch)
                 seen += 1
@@ -100,7 +99,6 @@ def calibrate_alphas(
             handle.remove()
         for name, buffer in model.named_buffers():
             buffer.copy_(saved[name])
-        model.train(was_training)
     if not seen:
         raise ValueError("calibrate_alphas needs at least one batch")
     result = {}

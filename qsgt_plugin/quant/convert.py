@@ -23,7 +23,7 @@ from qsgt_plugin.quant.layers import (
 )
 from qsgt_plugin.quant.method import QuantMethod, Resolver, WeightQuantizer
 from qsgt_plugin.quant.pact import ALPHA_MIN
-from qsgt_plugin.quant.trace import example_input, trace_calls
+from qsgt_plugin.quant.trace import CallTrace, example_input, trace_calls
 
 __all__ = ["MAX_BITS", "MIN_BITS", "ConversionSummary", "QuantizationWarning", "convert"]
 
@@ -113,69 +113,24 @@ def convert(
         ValueError: bits outside 2..8, an unknown method or weight quantizer, a bad override or
             one that matches no layer, an already converted model.
     """
-    registry = BUILTINS if registry is None else registry
-    weight_bits = _check_bits("weight_bits", bits if weight_bits is None else weight_bits)
-    act_bits = _check_bits("act_bits", bits if act_bits is None else act_bits)
-    first_last_bits = _check_bits("first_last_bits", first_last_bits, allow_none=True)
-    overrides = _check_overrides(overrides)
-    if not isinstance(method, QuantMethod):
-        method = registry.method(method)
-    wq = _weight_quantizer(registry, weight_quant or method.weight_quant)
-    wq_ends = _weight_quantizer(registry, first_last_weight_quant or wq)
-    if not alpha_init > ALPHA_MIN:
-        raise ValueError(f"alpha_init must be greater than {ALPHA_MIN}, got {alpha_init}")
+    plan = _plan(
+        registry or BUILTINS, method, bits, weight_bits, act_bits, weight_quant, first_last_bits,
+        first_last_weight_quant, overrides, alpha_init,
+    )  # fmt: skip
     if any(is_quant_layer(m) for m in model.modules()):
         raise ValueError("model already contains Brevitas quant layers; convert a float model")
-
     if not inplace:
         model = copy.deepcopy(model)
     names = _names_by_module(model)
     inputs = example_input(model) if example_inputs is None else example_inputs
     trace = trace_calls(model, inputs, (*WEIGHT_LAYERS, *ACTIVATIONS))
-    executed = [m for m in trace.order if type(m) in WEIGHT_LAYERS]
-    ends = {id(executed[0]), id(executed[-1])} if executed else set()
-
-    summary = ConversionSummary(method.name, wq.name)
-    matched: set[str] = set()
+    summary = ConversionSummary(plan.method.name, plan.wq.name)
     for module in _unique_modules(model):
-        mnames = names[id(module)]
-        label = mnames[0] or "<root>"
-        kind = type(module).__name__
-        if type(module) in WEIGHT_LAYERS:
-            end = id(module) in ends
-            wbits = _resolve(
-                overrides, mnames, "weight_bits", first_last_bits if end else weight_bits, matched
-            )
-            if wbits is None:
-                summary.kept_float[label] = kind
-                continue
-            quantizer = wq_ends if end else wq
-            new = quant_weight_layer(module, quantizer.weight_quant.let(bit_width=wbits))
-            summary.quantized[label] = f"{kind} w{wbits} {quantizer.name}"
-        elif type(module) in ACTIVATIONS:
-            abits = _resolve(overrides, mnames, "act_bits", act_bits, matched)
-            if abits is None:
-                summary.kept_float[label] = kind
-                continue
-            act_quant = method.act_quant.let(bit_width=abits, alpha_init=float(alpha_init))
-            n_sites = trace.calls[id(module)]
-            summary.quantized[label] = f"{kind} a{abits}"
-            if n_sites > 1:
-                new = CallSiteActivation(quant_act(module, act_quant) for _ in range(n_sites))
-                _owner(model, mnames).register_forward_pre_hook(new.reset_call_sites)
-                summary.quantized[label] += f" x{n_sites} call sites"
-            else:
-                new = quant_act(module, act_quant)
-        else:
-            reason = _unsupported(module)
-            if reason:
-                summary.unquantized[label] = reason
-            continue
-        model = _replace(model, mnames, new)
-
-    _convert_functional(model, trace.functional, names, method, act_bits, alpha_init, overrides,
-                        matched, summary)  # fmt: skip
-    unmatched = [p for p in overrides if p not in matched]
+        new = _quantized(module, names[id(module)], model, trace, plan, summary)
+        if new is not None:
+            model = _replace(model, names[id(module)], new)
+    _convert_functional(model, trace.functional, names, plan, summary)
+    unmatched = [p for p in plan.overrides if p not in plan.matched]
     if unmatched:
         sample = ", ".join(list(summary.quantized)[:6])
         raise ValueError(
@@ -194,15 +149,98 @@ def convert(
     return model
 
 
+@dataclass
+class _Plan:
+    """convert()'s arguments, checked and resolved."""
+
+    method: QuantMethod
+    wq: WeightQuantizer
+    wq_ends: WeightQuantizer
+    weight_bits: int
+    act_bits: int
+    first_last_bits: int | None
+    overrides: dict
+    alpha_init: float
+    matched: set[str] = field(default_factory=set)  # override patterns that matched a layer
+    ends: set[int] = field(default_factory=set)  # ids of the first and last weight layers
+
+    def act_quant(self, bits: int):
+        return self.method.act_quant.let(bit_width=bits, alpha_init=float(self.alpha_init))
+
+
+def _plan(
+    registry: Resolver,
+    method: str | QuantMethod,
+    bits: int,
+    weight_bits: int | None,
+    act_bits: int | None,
+    weight_quant: str | WeightQuantizer | None,
+    first_last_bits: int | None,
+    first_last_weight_quant: str | WeightQuantizer | None,
+    overrides: Any,
+    alpha_init: float,
+) -> _Plan:
+    weight_bits = _check_bits("weight_bits", bits if weight_bits is None else weight_bits)
+    act_bits = _check_bits("act_bits", bits if act_bits is None else act_bits)
+    first_last_bits = _check_bits("first_last_bits", first_last_bits, allow_none=True)
+    overrides = _check_overrides(overrides)
+    if not isinstance(method, QuantMethod):
+        method = registry.method(method)
+    wq = _weight_quantizer(registry, weight_quant or method.weight_quant)
+    wq_ends = _weight_quantizer(registry, first_last_weight_quant or wq)
+    if not alpha_init > ALPHA_MIN:
+        raise ValueError(f"alpha_init must be greater than {ALPHA_MIN}, got {alpha_init}")
+    return _Plan(method, wq, wq_ends, weight_bits, act_bits, first_last_bits, overrides, alpha_init)
+
+
+def _quantized(
+    module: nn.Module,
+    names: list[str],
+    model: nn.Module,
+    trace: CallTrace,
+    plan: _Plan,
+    summary: ConversionSummary,
+) -> nn.Module | None:
+    """The quantized replacement of ``module``, or None where it stays (recorded in summary)."""
+    label, kind = names[0] or "<root>", type(module).__name__
+    if type(module) in WEIGHT_LAYERS:
+        if not plan.ends:  # the first and last weight layers in execution order
+            executed = [m for m in trace.order if type(m) in WEIGHT_LAYERS]
+            plan.ends = {id(executed[0]), id(executed[-1])} if executed else {-1}
+        end = id(module) in plan.ends
+        default = plan.first_last_bits if end else plan.weight_bits
+        wbits = _resolve(plan.overrides, names, "weight_bits", default, plan.matched)
+        if wbits is None:
+            summary.kept_float[label] = kind
+            return None
+        quantizer = plan.wq_ends if end else plan.wq
+        summary.quantized[label] = f"{kind} w{wbits} {quantizer.name}"
+        return quant_weight_layer(module, quantizer.weight_quant.let(bit_width=wbits))
+    if type(module) in ACTIVATIONS:
+        abits = _resolve(plan.overrides, names, "act_bits", plan.act_bits, plan.matched)
+        if abits is None:
+            summary.kept_float[label] = kind
+            return None
+        n_sites = trace.calls[id(module)]
+        summary.quantized[label] = f"{kind} a{abits}" + (
+            f" x{n_sites} call sites" if n_sites > 1 else ""
+        )
+        if n_sites == 1:
+            return quant_act(module, plan.act_quant(abits))
+        new = CallSiteActivation(quant_act(module, plan.act_quant(abits)) for _ in range(n_sites))
+        _owner(model, names).register_forward_pre_hook(new.reset_call_sites)
+        return new
+    reason = _unsupported(module)
+    if reason:
+        summary.unquantized[label] = reason
+    return None
+
+
 def _convert_functional(
     model: nn.Module,
     functional: FunctionalTrace,
     names: dict[int, list[str]],
-    method: QuantMethod,
-    act_bits: int,
-    alpha_init: float,
-    overrides: dict,
-    matched: set[str],
+    plan: _Plan,
     summary: ConversionSummary,
 ) -> None:
     """Quantize the activations the model calls as functions; list the ones without a form."""
@@ -211,11 +249,11 @@ def _convert_functional(
         owner_names = names.get(id(owner), [""])
         label = f"{owner_names[0]}.qsgt_functional".lstrip(".")
         calls = ", ".join(f"F.{k.__name__.lower()}" for k in kinds)
-        abits = _resolve(overrides, owner_names, "act_bits", act_bits, matched)
+        abits = _resolve(plan.overrides, owner_names, "act_bits", plan.act_bits, plan.matched)
         if abits is None:
             summary.kept_float[label] = f"{calls} (functional)"
             continue
-        act_quant = method.act_quant.let(bit_width=abits, alpha_init=float(alpha_init))
+        act_quant = plan.act_quant(abits)
         sites = FunctionalCallSites(owner, [QuantAct(ACTIVATIONS[k], act_quant) for k in kinds])
         owner.add_module("qsgt_functional", sites.train(owner.training))
         owner.register_forward_pre_hook(sites.enter)

@@ -218,7 +218,7 @@ class PACTActPerTensorFloat(UintQuant, PACTClipScaling, ActQuantSolver):
         >>> from brevitas.nn import QuantReLU
         >>> act = QuantReLU(act_quant=PACTActPerTensorFloat.let(bit_width=2, alpha_init=1.0))
         >>> act(torch.tensor([-1.0, 0.3, 0.5, 2.0]))
-        tensor([0.0000, 0.3333, 0.6667, 1.0000], grad_fn=<PACTFunctionBackward>)
+        tensor([0.0000, 0.3333, 0.6667, 1.0000], grad_fn=<_PACTFunctionBackward>)
     """
 
     bit_width = 4

@@ -26,8 +26,16 @@ def alphas(model: nn.Module) -> dict[str, nn.Parameter]:
 
     Example::
 
+        >>> import timm, torch, qsgt_plugin
         >>> qmodel = qsgt_plugin.convert(timm.create_model("resnet20"), bits=4)
-        >>> opt = torch.optim.SGD([{"params": list(alphas(qmodel).values())}, ...])
+        >>> levels = alphas(qmodel)
+        >>> len(levels), levels["layer1.0.act1"].item()
+        (19, 10.0)
+        >>> others = [p for p in qmodel.parameters() if all(p is not a for a in levels.values())]
+        >>> opt = torch.optim.SGD(
+        ...     [{"params": others}, {"params": list(levels.values()), "weight_decay": 5e-4}],
+        ...     lr=0.1,
+        ... )
     """
     out = {}
     for name, module in model.named_modules():

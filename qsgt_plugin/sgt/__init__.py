@@ -1,6 +1,14 @@
 """Saliency-Guided Training (Ismail et al. 2021): masking functions, Captum saliency, loss, hook."""
 
-from qsgt_plugin.sgt.masking import apply_mask, fill_values, mask_count, rank_mask, reduce_saliency
+from qsgt_plugin.sgt.masking import (
+    apply_mask,
+    fill_values,
+    mask_count,
+    rank_mask,
+    ranking,
+    reduce_saliency,
+    tie_fraction,
+)
 from qsgt_plugin.sgt.saliency import attribute, make_attribution
 from qsgt_plugin.sgt.training import SaliencyGuidedTraining, SGTHandle, register_sgt
 
@@ -13,6 +21,8 @@ __all__ = [
     "make_attribution",
     "mask_count",
     "rank_mask",
+    "ranking",
     "reduce_saliency",
     "register_sgt",
+    "tie_fraction",
 ]

@@ -15,13 +15,16 @@ from torch import Tensor
 
 __all__ = [
     "FILLS",
+    "TIE_SEED",
     "apply_mask",
     "check_fill",
     "check_fraction",
     "fill_values",
     "mask_count",
     "rank_mask",
+    "ranking",
     "reduce_saliency",
+    "tie_fraction",
 ]
 
 Fill = Literal["uniform", "mean", "constant"]
@@ -56,10 +59,55 @@ def mask_count(fraction: float, height: int, width: int) -> int:
     return round(check_fraction(fraction) * height * width)
 
 
-def rank_mask(saliency: Tensor, fraction: float, lowest: bool = True) -> Tensor:
+TIE_SEED = 0
+"""Seed of the tie-breaking permutations when no generator is given."""
+
+
+def ranking(
+    scores: Tensor, *, descending: bool = True, generator: torch.Generator | None = None
+) -> Tensor:
+    """``(N, P)`` positions of each row of ``scores`` ordered by score; ties in random order.
+
+    Equal scores are ordered by a random permutation of the positions, one per row, drawn from
+    ``generator`` (a new one seeded with :data:`TIE_SEED` when None): the same seed gives the
+    same order, and no position is favoured. Quantized models have many exactly-equal scores
+    (PACT zeroes the gradient of clipped activations), and ``torch.topk`` leaves their order
+    unspecified.
+
+    Example::
+
+        >>> ranking(torch.tensor([[0.0, 0.5, 0.0, 0.9]]))[0, :2]
+        tensor([3, 1])
+    """
+    n, p = scores.shape
+    if generator is None:
+        generator = torch.Generator(device=scores.device).manual_seed(TIE_SEED)
+    noise = torch.rand(n, p, generator=generator, device=generator.device)
+    permutation = noise.argsort(dim=1).to(scores.device)
+    order = scores.gather(1, permutation).sort(dim=1, descending=descending, stable=True).indices
+    return permutation.gather(1, order)
+
+
+def tie_fraction(scores: Tensor) -> Tensor:
+    """Per row of ``(N, P)`` scores, the fraction of positions whose value another one shares."""
+    values = scores.sort(dim=1).values
+    equal = values[:, 1:] == values[:, :-1]
+    tied = torch.zeros_like(values, dtype=torch.bool)
+    tied[:, 1:] |= equal
+    tied[:, :-1] |= equal
+    return tied.float().mean(dim=1)
+
+
+def rank_mask(
+    saliency: Tensor,
+    fraction: float,
+    lowest: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Boolean ``(N, H, W)`` mask of each sample's lowest (or highest) ``fraction`` of positions.
 
-    Exactly :func:`mask_count` positions are set per sample; ties are broken by position.
+    Exactly :func:`mask_count` positions are set per sample; ties are broken as
+    :func:`ranking` breaks them (a seeded random order).
 
     Example::
 
@@ -72,8 +120,8 @@ def rank_mask(saliency: Tensor, fraction: float, lowest: bool = True) -> Tensor:
     flat = saliency.reshape(n, h * w)
     mask = torch.zeros_like(flat, dtype=torch.bool)
     if k:
-        index = torch.topk(flat, k, dim=1, largest=not lowest, sorted=False).indices
-        mask.scatter_(1, index, True)
+        order = ranking(flat, descending=not lowest, generator=generator)
+        mask.scatter_(1, order[:, :k], True)
     return mask.reshape(n, h, w)
 
 

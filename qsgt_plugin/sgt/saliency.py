@@ -79,8 +79,14 @@ def attribute(
 
     Example::
 
-        >>> maps = attribute(model, images, labels)                 # Saliency, signed
-        >>> maps = attribute(model, images, labels, "IntegratedGradients", n_steps=16)
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> images, labels = torch.randn(2, 3, 2, 2), torch.tensor([0, 2])
+        >>> maps = attribute(model, images, labels)  # Saliency, signed
+        >>> torch.equal(maps[0].flatten(), model[1].weight[0])  # d logit_0 / d x = W[0]
+        True
+        >>> attribute(model, images, labels, "IntegratedGradients", n_steps=16).shape
+        torch.Size([2, 3, 2, 2])
     """
     explainer = make_attribution(model, method)
     kwargs = {**_DEFAULT_KWARGS.get(method, {}), **kwargs}

@@ -57,10 +57,15 @@ class SaliencyGuidedTraining:
 
     Example::
 
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+        >>> criterion, opt = nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> loader = [(torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,)))]
         >>> sgt = SaliencyGuidedTraining(model, mask_fraction=0.5, kl_weight=1.0)
         >>> for x, y in loader:
         ...     loss = sgt.loss(x, y, criterion)
         ...     opt.zero_grad(); loss.backward(); opt.step()
+        >>> sorted(sgt.last)  # the last step's terms
+        ['ce', 'kl']
     """
 
     def __init__(
@@ -215,9 +220,14 @@ def register_sgt(model: nn.Module, criterion: nn.Module, **options: Any) -> SGTH
 
     Example::
 
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+        >>> criterion = nn.CrossEntropyLoss()
+        >>> x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
         >>> handle = register_sgt(model, criterion, mask_fraction=0.5)
-        >>> loss = criterion(model(x), y)        # now CE + KL(p(x) || p(x_masked))
-        >>> handle.remove()                      # plain training again
+        >>> loss = criterion(model(x), y)  # now CE + KL(p(x) || p(x_masked))
+        >>> torch.allclose(loss, handle.sgt.last["ce"] + handle.sgt.last["kl"])
+        True
+        >>> handle.remove()  # plain training again
     """
     if not isinstance(criterion, nn.Module):
         raise TypeError(

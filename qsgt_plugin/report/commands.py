@@ -1,17 +1,13 @@
-"""The experiment report: accuracy table, attribution grids, masking curves, alpha plots.
+"""The analyses behind ``qsgt compare``, ``masking-curve``, ``alpha-plot`` and the report.
 
-``build_report`` writes ``report.md`` (every figure embedded), the PNGs and ``metrics.json``
-(every number) for a set of runs. The pieces are usable alone: ``compare_runs``,
-``masking_curves`` and ``alpha_plot`` back the ``qsgt compare``, ``masking-curve`` and
-``alpha-plot`` commands.
+They read runs through :mod:`qsgt_plugin.run_dir` and compute with :mod:`qsgt_plugin.attribution`;
+every option is checked before any work is done.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +28,6 @@ from qsgt_plugin.sgt import make_attribution
 __all__ = [
     "accuracy_table",
     "alpha_plot",
-    "build_report",
     "check_method",
     "check_output",
     "compare_runs",
@@ -216,70 +211,6 @@ def accuracy_table(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def build_report(
-    paths: list[str | Path],
-    out: str | Path,
-    *,
-    images: int = 16,
-    curve_images: int | None = 1000,
-    method: str = "Saliency",
-    data_root: str | None = None,
-) -> dict[str, Any]:
-    """Write ``report.md``, its figures and ``metrics.json`` into ``out``; return the numbers.
-
-    The files are made in a temporary folder beside ``out`` and moved in at the end, so a
-    report that fails leaves ``out`` as it was.
-    """
-    final = check_output(Path(out) / "report.md").parent
-    runs = load_runs(paths, data_root=data_root)
-    check_method(method, runs)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{final.name}-", dir=final.parent) as tmp:
-        numbers = _relocate(
-            _write_report(runs, Path(tmp), images, curve_images, method), tmp, final
-        )
-        write_json(numbers, Path(tmp) / "metrics.json")
-        final.mkdir(exist_ok=True)
-        for file in Path(tmp).iterdir():
-            os.replace(file, final / file.name)
-    return numbers
-
-
-def _relocate(numbers: Any, old: str | Path, new: Path) -> Any:
-    """The report's numbers, as plain JSON, with the file paths under ``old`` moved to ``new``."""
-    text = json.dumps(numbers).replace(json.dumps(str(old))[1:-1], json.dumps(str(new))[1:-1])
-    return json.loads(text)
-
-
-def _write_report(
-    runs: list[Run], out: Path, images: int, curve_images: int | None, method: str
-) -> dict[str, Any]:
-    numbers: dict[str, Any] = {
-        "method": method,
-        "accuracy": accuracy_table(runs),
-        "datasets": {},
-        "alpha_figures": {},
-    }
-    by_dataset: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        by_dataset[run.recipe.data.dataset].append(run)
-    for dataset, group in by_dataset.items():
-        numbers["datasets"][dataset] = {
-            "comparison": compare_runs(
-                group, out / f"attributions-{dataset}.png", images=images, method=method
-            ),
-            "masking": masking_curves(
-                group, out / f"masking-curve-{dataset}.png", images=curve_images, method=method
-            ),
-        }
-    for run in runs:
-        if run.quantized and any(r.get("alphas") for r in run.metrics()):
-            figure = out / f"alpha-{run.name.replace('/', '-')}.png"
-            numbers["alpha_figures"][run.name] = str(alpha_plot(run, figure))
-    (out / "report.md").write_text(_markdown(numbers, out))
-    return numbers
-
-
 def _same_dataset(runs: list[Run]) -> None:
     datasets = {run.recipe.data.dataset for run in runs}
     if len(datasets) > 1:
@@ -287,70 +218,3 @@ def _same_dataset(runs: list[Run]) -> None:
             f"these runs use different datasets ({', '.join(sorted(datasets))}); "
             "compare runs of one dataset at a time"
         )
-
-
-def _markdown(numbers: dict[str, Any], out: Path) -> str:
-    def rel(path: str) -> str:
-        return Path(path).relative_to(out).as_posix()
-
-    lines = [
-        "# qsgt report",
-        "",
-        "## Accuracy",
-        "",
-        "| run | model | dataset | bits | SGT | test accuracy | size (bytes) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in numbers["accuracy"]:
-        lines.append(
-            f"| {r['run']} | {r['model']} | {r['dataset']} | {r['bits']} | "
-            f"{'yes' if r['sgt'] else 'no'} | {100 * r['test_acc']:.2f}% "
-            f"({r['test_images']} images) | {r['size_bytes']:,} |"
-        )
-    lines += [
-        "",
-        "Size counts quantized weights at their bit width. Float views are the quantized runs "
-        "with quantization disabled (Brevitas' context: no retraining, no copy). With DoReFa "
-        "weights the float view runs on the latent weights, which DoReFa rescales by tanh and "
-        "max, so BatchNorm's statistics no longer fit and its accuracy says little; with "
-        "int_per_channel weights the float view stays close.",
-    ]
-    for dataset, parts in numbers["datasets"].items():
-        comp, mask = parts["comparison"], parts["masking"]
-        lines += [
-            "",
-            f"## {dataset}: attributions ({comp['method']}, {comp['images']} test images)",
-            "",
-            f"![attributions]({rel(comp['figure'])})",
-            "",
-            "| view | Gini (sparseness) | infidelity | sensitivity_max |",
-            "|---|---|---|---|",
-        ]
-        for view, v in comp["views"].items():
-            lines.append(
-                f"| {view} | {v['gini']:.3f} | {v.get('infidelity', float('nan')):.3g} "
-                f"| {v.get('sensitivity_max', float('nan')):.3f} |"
-            )
-        lines += ["", "| map A | map B | Spearman | top-10% overlap |", "|---|---|---|---|"]
-        for p in comp["pairs"]:
-            lines.append(
-                f"| {p['a']} | {p['b']} | {p['spearman']:.3f} | {p['top10_overlap']:.3f} |"
-            )
-        lines += [
-            "",
-            f"## {dataset}: masking curve ({mask['images']} test images)",
-            "",
-            f"![masking curve]({rel(mask['figure'])})",
-            "",
-            "| run | ranking | " + " | ".join(f"{i * 10}%" for i in range(10)) + " |",
-            "|---|---|" + "---|" * 10,
-        ]
-        for name, curve in mask["curves"].items():
-            for kind, points in curve.items():
-                values = " | ".join(f"{100 * a:.1f}" for a in points.values())
-                lines.append(f"| {name} | {kind} | {values} |")
-    if numbers["alpha_figures"]:
-        lines += ["", "## Clipping levels over training", ""]
-        for name, path in numbers["alpha_figures"].items():
-            lines += [f"### {name}", "", f"![alpha]({rel(path)})", ""]
-    return "\n".join(lines) + "\n"

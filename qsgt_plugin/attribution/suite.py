@@ -1,0 +1,130 @@
+"""Every explanation metric of one model on one set of images, in one pass, each one timed.
+
+One metric never suffices (Quantus' guidelines), so the suite takes one per family, each with a
+random-ranking control where it ranks pixels:
+
+* faithfulness: deletion and insertion (RISE; their accuracy read-out is the masking curve),
+  ROAD with noisy linear imputation;
+* randomisation: cascading model-parameter randomisation (MPRT), random logit;
+* complexity: Gini index and entropy of ``|a|``, and the fraction of tied saliencies;
+* robustness: Captum's ``sensitivity_max``.
+
+Every metric explains the class the model predicts, so one saliency pass serves them all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from qsgt_plugin.attribution.faithfulness import DeletionInsertion
+from qsgt_plugin.attribution.metrics import entropy, gini, sensitivity_score
+from qsgt_plugin.attribution.randomisation import mprt, random_logit
+from qsgt_plugin.attribution.road import Road
+from qsgt_plugin.sgt.masking import reduce_saliency, tie_fraction
+from qsgt_plugin.sgt.saliency import attribute
+from qsgt_plugin.utils import eval_mode
+
+__all__ = ["explanation_suite"]
+
+
+def explanation_suite(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    num_classes: int,
+    method: str = "Saliency",
+    steps: int = 10,
+    road_fractions: tuple[float, ...] = tuple(i / 10 for i in range(10)),
+    noise: float = 0.01,
+    mprt_images: int | None = None,
+    sensitivity_samples: int = 4,
+    seed: int = 0,
+    **attribution_kwargs,
+) -> dict:
+    """All the metrics of the module docstring for ``model`` on ``batches``.
+
+    Args:
+        model: any classifier (float, converted, or a converted model's float view).
+        batches: ``(images, labels)`` on any device.
+        num_classes: classes of the model's output (for random logits).
+        method: the Captum attribution method under evaluation.
+        steps: deletion / insertion curves have ``steps + 1`` points from 0 to 1.
+        road_fractions: ROAD's removal levels.
+        noise: ROAD's imputation noise (input units).
+        mprt_images: MPRT runs on this many of the first images (all when None).
+        sensitivity_samples: perturbations of ``sensitivity_max``.
+        seed: seeds every ranking's tie-breaking, the random rankings and the noise.
+
+    Returns:
+        The numbers by metric, and ``"seconds"``: the time each metric took.
+    """
+    seconds: dict[str, float] = defaultdict(float)
+    curves = DeletionInsertion(steps, seed=seed)
+    road = Road(road_fractions, noise, seed)
+    per_image: dict[str, list[Tensor]] = defaultdict(list)
+    kept: list[tuple[Tensor, Tensor]] = []
+    kwargs = dict(method=method, **attribution_kwargs)
+    with eval_mode(model):
+        for x, y in batches:
+            with _timer(seconds, "saliency"):
+                with torch.no_grad():
+                    predicted = model(x).argmax(1)
+                maps = attribute(model, x, predicted, **kwargs)
+                saliency = reduce_saliency(maps)
+            with _timer(seconds, "complexity"):
+                per_image["gini"].append(gini(maps).float().cpu())
+                per_image["entropy"].append(entropy(maps).float().cpu())
+                per_image["tied"].append(tie_fraction(saliency.flatten(1)).cpu())
+            with _timer(seconds, "deletion_insertion"):
+                curves.add(model, x, y, predicted, saliency)
+            with _timer(seconds, "road"):
+                road.add(model, x, y, saliency)
+            with _timer(seconds, "random_logit"):
+                rl = random_logit(
+                    model, x, predicted, num_classes=num_classes, seed=seed, maps=maps, **kwargs
+                )
+                per_image["random_logit"].append(torch.tensor(rl["per_image"]))
+            with _timer(seconds, "sensitivity_max"):
+                score = sensitivity_score(
+                    model, x, predicted, n_perturb_samples=sensitivity_samples, **kwargs
+                )
+                per_image["sensitivity_max"].append(score.float().cpu())
+            kept.append((x, predicted))
+    with _timer(seconds, "mprt"):
+        x_m, y_m = _first(kept, mprt_images)
+        randomisation = mprt(model, x_m, y_m, seed=seed + 42, **kwargs)
+    means = {k: torch.cat(v).mean().item() for k, v in per_image.items()}
+    return {
+        "method": method,
+        "images": curves.images,
+        "deletion_insertion": curves.result(),
+        "road": road.result(),
+        "mprt": randomisation,
+        "random_logit": means["random_logit"],
+        "gini": means["gini"],
+        "entropy": means["entropy"],
+        "tied_fraction": means["tied"],
+        "sensitivity_max": means["sensitivity_max"],
+        "seconds": dict(seconds),
+    }
+
+
+@contextmanager
+def _timer(seconds: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] += time.perf_counter() - start
+
+
+def _first(batches: list[tuple[Tensor, Tensor]], n: int | None) -> tuple[Tensor, Tensor]:
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    return (x, y) if n is None else (x[:n], y[:n])

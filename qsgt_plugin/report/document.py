@@ -1,0 +1,215 @@
+"""``qsgt report``: every number and figure for a set of runs, with statistics over seeds.
+
+``build_report`` writes ``report.md`` (every figure embedded), the PNGs and ``metrics.json``
+(every number, per run and per group of seeds). The files are made in a temporary folder
+beside ``out`` and moved in at the end, so a report that fails leaves ``out`` as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from qsgt_plugin.attribution import band_figure, explanation_suite, mprt_figure
+from qsgt_plugin.attribution.stats import TEST
+from qsgt_plugin.data import DATASETS
+from qsgt_plugin.report.commands import (
+    accuracy_table,
+    alpha_plot,
+    check_method,
+    check_output,
+    compare_runs,
+    load_runs,
+    write_json,
+)
+from qsgt_plugin.report.markdown import markdown
+from qsgt_plugin.report.seeds import aggregate, group_runs, pair_groups, pair_tests, scalars
+from qsgt_plugin.run_dir import Run
+
+__all__ = ["build_report", "run_suite"]
+
+log = logging.getLogger(__name__)
+
+
+def build_report(
+    paths: list[str | Path],
+    out: str | Path,
+    *,
+    images: int = 16,
+    curve_images: int | None = 1000,
+    method: str = "Saliency",
+    mprt_images: int | None = None,
+    data_root: str | None = None,
+) -> dict[str, Any]:
+    """Write ``report.md``, its figures and ``metrics.json`` into ``out``; return the numbers.
+
+    Args:
+        paths: run directories (or checkpoints); runs that differ only in ``train.seed`` are
+            summarised together.
+        images: test images in the attribution grid.
+        curve_images: test images of every metric (None: the whole test split).
+        method: the Captum attribution under evaluation.
+        mprt_images: images of the randomisation test (None: ``curve_images``).
+    """
+    final = check_output(Path(out) / "report.md").parent
+    runs = load_runs(paths, data_root=data_root)
+    check_method(method, runs)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}-", dir=final.parent) as tmp:
+        numbers = _write(runs, Path(tmp), images, curve_images, method, mprt_images)
+        numbers = _relocate(numbers, tmp, final)
+        write_json(numbers, Path(tmp) / "metrics.json")
+        final.mkdir(exist_ok=True)
+        for file in Path(tmp).iterdir():
+            os.replace(file, final / file.name)
+    return numbers
+
+
+def run_suite(run: Run, images: int | None, method: str, mprt_images: int | None) -> dict:
+    """The explanation suite of one run on its first ``images`` test images."""
+    info = DATASETS[run.recipe.data.dataset]
+    return explanation_suite(
+        run.model,
+        run.test_loader(limit=images),
+        num_classes=info.num_classes,
+        method=method,
+        mprt_images=mprt_images,
+    )
+
+
+def _relocate(numbers: Any, old: str | Path, new: Path) -> Any:
+    """The report's numbers, as plain JSON, with the file paths under ``old`` moved to ``new``."""
+    text = json.dumps(numbers).replace(json.dumps(str(old))[1:-1], json.dumps(str(new))[1:-1])
+    return json.loads(text)
+
+
+def _write(
+    runs: list[Run],
+    out: Path,
+    images: int,
+    curve_images: int | None,
+    method: str,
+    mprt_images: int | None,
+) -> dict[str, Any]:
+    accuracy = accuracy_table(runs)
+    per_run: dict[str, dict] = {}
+    for i, run in enumerate(runs, start=1):
+        started = time.perf_counter()
+        suite = run_suite(run, curve_images, method, mprt_images)
+        row = next(r for r in accuracy if r["run"] == run.name)
+        per_run[run.name] = {
+            "seed": run.recipe.train.seed,
+            "test_acc": row["test_acc"],
+            "suite": suite,
+            "scalars": scalars(suite),
+        }
+        log.info(
+            "report: %s (%d/%d) in %.0f s", run.name, i, len(runs), time.perf_counter() - started
+        )
+    numbers: dict[str, Any] = {
+        "method": method,
+        "test": TEST,
+        "accuracy": accuracy,
+        "runs": per_run,
+        "datasets": {},
+        "alpha_figures": {},
+    }
+    by_dataset: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_dataset[run.recipe.data.dataset].append(run)
+    for dataset, members in by_dataset.items():
+        numbers["datasets"][dataset] = _dataset(dataset, members, per_run, out, images, method)
+    for group in (g for runs_ in by_dataset.values() for g in group_runs(runs_)):
+        first = group.runs[0]
+        if first.quantized and any(r.get("alphas") for r in first.metrics()):
+            figure = out / f"alpha-{re.sub(r'[^A-Za-z0-9._-]+', '-', group.label)}.png"
+            numbers["alpha_figures"][f"{group.label} ({first.name})"] = str(
+                alpha_plot(first, figure)
+            )
+    (out / "report.md").write_text(markdown(numbers, out))
+    return numbers
+
+
+def _dataset(
+    dataset: str, runs: list[Run], per_run: dict, out: Path, images: int, method: str
+) -> dict:
+    groups = group_runs(runs)
+    representatives = [group.runs[0] for group in groups]
+    comparison = compare_runs(
+        representatives, out / f"attributions-{dataset}.png", images=images, method=method
+    )
+    figures = _figures(dataset, groups, per_run, out)
+    return {
+        "comparison": comparison,
+        "groups": aggregate(groups, per_run),
+        "pairs": pair_tests(pair_groups(groups), per_run),
+        "figures": figures,
+    }
+
+
+def _figures(dataset: str, groups: list, per_run: dict, out: Path) -> dict[str, str]:
+    def seeds(group, pick):
+        return [pick(per_run[run.name]["suite"]) for run in group.runs]
+
+    di = next(iter(per_run.values()))["suite"]["deletion_insertion"]
+    road = next(iter(per_run.values()))["suite"]["road"]
+    styles = {"salient first": "-", "random": "--", "MoRF": "-", "LeRF": ":"}
+    masking = {
+        g.label: {
+            "salient first": seeds(g, lambda s: s["deletion_insertion"]["accuracy"]["saliency"]),
+            "random": seeds(g, lambda s: s["deletion_insertion"]["accuracy"]["random"]),
+        }
+        for g in groups
+    }
+    curves = {
+        curve: {
+            g.label: {
+                "salient first": seeds(
+                    g, lambda s, c=curve: s["deletion_insertion"][c]["saliency"]
+                ),
+                "random": seeds(g, lambda s, c=curve: s["deletion_insertion"][c]["random"]),
+            }
+            for g in groups
+        }
+        for curve in ("deletion", "insertion")
+    }
+    road_panels = {
+        order: {
+            g.label: {
+                name: seeds(g, lambda s, k=key: s["road"][k])
+                for name, key in ((order, order.lower()), ("random", "random"))
+            }
+            for g in groups
+        }
+        for order in ("MoRF", "LeRF")
+    }
+    mprt = {g.label: seeds(g, lambda s: s["mprt"]["similarity"]) for g in groups}
+    layers = next(iter(per_run.values()))["suite"]["mprt"]["layers"]
+    return {
+        "masking": str(band_figure(
+            {"accuracy as pixels are replaced by the mean": masking}, di["fractions"],
+            out / f"masking-curve-{dataset}.png", ylabel="test accuracy (%)", styles=styles,
+            title=f"{dataset}: masking curve (SGT's Figure 3), mean +- std over seeds",
+        )),
+        "deletion_insertion": str(band_figure(
+            curves, di["fractions"], out / f"deletion-insertion-{dataset}.png",
+            ylabel="probability of the predicted class (%)", styles=styles,
+            title=f"{dataset}: deletion and insertion (RISE), mean substrate",
+        )),
+        "road": str(band_figure(
+            road_panels, road["fractions"], out / f"road-{dataset}.png",
+            ylabel="test accuracy (%)", styles=styles,
+            title=f"{dataset}: ROAD, noisy linear imputation",
+        )),
+        "mprt": str(mprt_figure(
+            mprt, layers, out / f"mprt-{dataset}.png",
+            title=f"{dataset}: cascading randomisation of conv / linear weights (alphas, BN kept)",
+        )),
+    }  # fmt: skip

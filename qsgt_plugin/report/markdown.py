@@ -1,0 +1,180 @@
+"""The report's ``report.md``, from the numbers ``build_report`` gathered."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown"]
+
+# (name in the numbers, column title, scale): percentages are shown x100
+FAITHFULNESS = [
+    ("masking_auc", "masking AUC (acc.)", 100),
+    ("masking_auc_random", "random", 100),
+    ("deletion_auc", "deletion AUC", 100),
+    ("deletion_auc_random", "random", 100),
+    ("deletion_auc_normalised", "deletion AUC, normalised", 100),
+    ("insertion_auc", "insertion AUC", 100),
+    ("insertion_auc_random", "random", 100),
+    ("road_morf_auc", "ROAD MoRF AUC", 100),
+    ("road_lerf_auc", "ROAD LeRF AUC", 100),
+    ("road_random_auc", "ROAD random", 100),
+]
+OTHERS = [
+    ("mprt_last", "MPRT, all randomised", 1),
+    ("mprt_mean", "MPRT, mean over depth", 1),
+    ("random_logit", "random logit", 1),
+    ("gini", "Gini", 1),
+    ("entropy", "entropy", 1),
+    ("tied_fraction", "tied saliencies", 1),
+    ("sensitivity_max", "sensitivity_max", 1),
+]
+
+
+def _cell(summary: dict, scale: float) -> str:
+    mean, std = scale * summary["mean"], scale * summary["std"]
+    if summary["n"] < 2 or math.isnan(std):
+        return f"{mean:.2f}"
+    low, high = (scale * v for v in summary["ci95"])
+    return f"{mean:.2f} ± {std:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _table(groups: dict, columns: list[tuple[str, str, float]]) -> list[str]:
+    lines = [
+        "| group | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for label, g in groups.items():
+        cells = " | ".join(_cell(g[name], scale) for name, _, scale in columns)
+        lines.append(f"| {label} | {len(g['seeds'])} | {cells} |")
+    return lines
+
+
+def markdown(numbers: dict[str, Any], out: Path) -> str:
+    def rel(path: str) -> str:
+        return Path(path).relative_to(out).as_posix()
+
+    lines = ["# qsgt report", "", "## Accuracy", ""]
+    lines += _accuracy(numbers["accuracy"])
+    for dataset, parts in numbers["datasets"].items():
+        lines += _dataset(dataset, parts, numbers, rel)
+    if numbers["alpha_figures"]:
+        lines += ["", "## Clipping levels over training (PACT's Figures 1 and 2)", ""]
+        for name, path in numbers["alpha_figures"].items():
+            lines += [f"### {name}", "", f"![alpha]({rel(path)})", ""]
+    lines += _timings(numbers["runs"])
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy(rows: list[dict]) -> list[str]:
+    lines = [
+        "| run | model | dataset | bits | SGT | test accuracy | size (bytes) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['model']} | {r['dataset']} | {r['bits']} | "
+            f"{'yes' if r['sgt'] else 'no'} | {100 * r['test_acc']:.2f}% "
+            f"({r['test_images']} images) | {r['size_bytes']:,} |"
+        )
+    return [
+        *lines,
+        "",
+        "Size counts quantized weights at their bit width. Float views are the quantized runs "
+        "with quantization disabled (Brevitas' context: no retraining, no copy). With DoReFa "
+        "weights the float view runs on the latent weights, which DoReFa rescales by tanh and "
+        "max, so BatchNorm's statistics no longer fit and its accuracy says little; with "
+        "int_per_channel weights the float view stays close.",
+    ]
+
+
+def _dataset(dataset: str, parts: dict, numbers: dict, rel) -> list[str]:
+    comp, groups, figures = parts["comparison"], parts["groups"], parts["figures"]
+    images = next(iter(numbers["runs"].values()))["suite"]["images"]
+    lines = [
+        "",
+        f"## {dataset}: accuracy over seeds",
+        "",
+        "Mean ± standard deviation [95% t interval] over the seeds of each group.",
+        "",
+        *_table(groups, [("test_acc", "test accuracy (%)", 100)]),
+        "",
+        f"## {dataset}: faithfulness ({numbers['method']}, {images} test images)",
+        "",
+        "Areas under the curves of the figures below (x: fraction of pixels, 0..1; y in %). "
+        "Lower is better for masking, deletion and ROAD MoRF; higher for insertion and ROAD "
+        "LeRF. *Normalised* divides each image's curve by its clean probability, so models of "
+        "different confidence compare.",
+        "",
+        *_table(groups, FAITHFULNESS[:5]),
+        "",
+        *_table(groups, FAITHFULNESS[5:]),
+        "",
+        f"![masking curve]({rel(figures['masking'])})",
+        "",
+        f"![deletion and insertion]({rel(figures['deletion_insertion'])})",
+        "",
+        f"![ROAD]({rel(figures['road'])})",
+    ]
+    lines += _pairs(parts["pairs"], numbers["test"])
+    lines += [
+        "",
+        f"## {dataset}: randomisation, complexity, robustness",
+        "",
+        "MPRT and random logit: Spearman correlation of |maps| (lower: the maps depend on the "
+        "weights / the class). Gini and entropy of |maps|; the fraction of positions whose "
+        "saliency another position shares (ties, broken by a seeded random order).",
+        "",
+        *_table(groups, OTHERS),
+        "",
+        f"![MPRT]({rel(figures['mprt'])})",
+        "",
+        f"## {dataset}: attributions ({comp['method']}, {comp['images']} test images, "
+        "first seed of each group)",
+        "",
+        f"![attributions]({rel(comp['figure'])})",
+        "",
+        "| map A | map B | Spearman | top-10% overlap |",
+        "|---|---|---|---|",
+    ]
+    for p in comp["pairs"]:
+        lines.append(f"| {p['a']} | {p['b']} | {p['spearman']:.3f} | {p['top10_overlap']:.3f} |")
+    return lines
+
+
+def _pairs(pairs: list[dict], test: str) -> list[str]:
+    if not pairs:
+        return []
+    lines = [
+        "",
+        f"SGT against no SGT, per area ({test}; beyond noise: p < 0.05):",
+        "",
+        "| without | with SGT | area | better | difference | p | beyond seed noise | SGT better |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in pairs:
+        lines.append(
+            f"| {p['a']} | {p['b']} | {p['metric']} | {p['better']} | "
+            f"{100 * p['difference']:+.2f} | {p['p']:.3g} | {'yes' if p['beyond_noise'] else 'no'} "
+            f"| {'yes' if p['sgt_better'] else 'no'} |"
+        )
+    return lines
+
+
+def _timings(runs: dict[str, dict]) -> list[str]:
+    names = list(next(iter(runs.values()))["suite"]["seconds"])
+    lines = [
+        "",
+        "## Cost",
+        "",
+        "Seconds each metric took per run (on the machine that made this report).",
+        "",
+        "| run | " + " | ".join(names) + " | total |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for name, run in runs.items():
+        seconds = run["suite"]["seconds"]
+        cells = " | ".join(f"{seconds[n]:.1f}" for n in names)
+        lines.append(f"| {name} | {cells} | {sum(seconds.values()):.1f} |")
+    return lines

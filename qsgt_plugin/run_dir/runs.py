@@ -1,0 +1,172 @@
+"""Trained runs read back: a run directory or checkpoint, its recipe and its rebuilt model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qsgt_plugin.build import build_model, example_batch, make_loader
+from qsgt_plugin.checkpoint import load_checkpoint
+from qsgt_plugin.data import DATASETS, Loader
+from qsgt_plugin.errors import CheckpointError, RecipeError, RunError
+from qsgt_plugin.recipe import Recipe, apply_overrides, parse_recipe
+from qsgt_plugin.run_dir.directory import read_metrics
+
+__all__ = [
+    "CHECKPOINTS",
+    "Run",
+    "find_checkpoint",
+    "init_weights",
+    "load_run",
+    "model_from_checkpoint",
+]
+
+CHECKPOINTS = ("best.pt", "last.pt", "model.pt")  # the order ``load_run`` looks for them
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint a path names: a file, or a run directory's best, last or shipped one."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        file = next((path / c for c in CHECKPOINTS if (path / c).is_file()), None)
+        if file is None:
+            raise RunError(
+                f"{path} is not a run directory: it has no {', '.join(CHECKPOINTS)}. "
+                "Train one with `qsgt train RECIPE`."
+            )
+        return file
+    if path.exists():
+        raise RunError(f"{path} is neither a run directory nor a checkpoint file")
+    raise RunError(f"{path} does not exist")
+
+
+def init_weights(model: nn.Module, source: str | Path) -> bool:
+    """Start ``model`` from the weights of another run (``model.init_from``).
+
+    Every float weight and BatchNorm statistic must be there with its shape; quantizer state
+    (clipping levels) is taken where both models have it. Returns whether the source held
+    clipping levels for this model.
+
+    Raises:
+        RecipeError: the source is missing, unreadable, or holds a different architecture.
+    """
+    try:
+        state = load_checkpoint(find_checkpoint(source))["model"]
+    except (RunError, CheckpointError) as exc:
+        raise RecipeError(f"model.init_from: {exc}") from None
+    target = model.state_dict()
+    missing = [k for k in target if k not in state and not _is_quantizer_key(k)]
+    wrong = [k for k in target if k in state and state[k].shape != target[k].shape]
+    if missing or wrong:
+        sample = ", ".join((missing + wrong)[:3])
+        raise RecipeError(
+            f"model.init_from: {source} holds a different model ({len(missing)} tensors "
+            f"missing, {len(wrong)} of another shape, e.g. {sample}); start from a run of the "
+            "same model and kwargs"
+        )
+    shared = {k: v for k, v in state.items() if k in target}
+    model.load_state_dict(shared, strict=False)
+    return any(_is_quantizer_key(k) for k in shared)
+
+
+def _is_quantizer_key(key: str) -> bool:
+    return ".act_quant." in key or ".weight_quant." in key or key.startswith("act_quant.")
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint was trained as and load its weights.
+
+    A checkpoint is untrusted input: its model settings pass the recipe's validation, and
+    options that make timm read files or the network (``pretrained``, ``pretrained_cfg*``,
+    ``checkpoint_path``) are refused.
+    """
+    config = payload["model_config"]
+    kwargs = config.get("kwargs") or {}
+    unsafe = sorted(k for k in kwargs if k in _UNSAFE_KWARGS or k.startswith("pretrained"))
+    if unsafe:
+        raise CheckpointError(
+            f"the checkpoint's model options {unsafe} would make timm load files or download; "
+            "refused. Only load checkpoints written by qsgt"
+        )
+    dataset = payload["recipe"].get("data", {}).get("dataset", "mnist")
+    example = example_batch(dataset) if dataset in DATASETS else None
+    try:
+        model = build_model(config["name"], kwargs, config.get("quant"), example)
+    except RecipeError as exc:
+        raise CheckpointError(
+            f"the checkpoint describes a model that cannot be built: {exc}"
+        ) from None
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint weights do not fit the model it describes: {exc}"
+        ) from None
+    return model
+
+
+_UNSAFE_KWARGS = frozenset({"checkpoint_path", "pretrained", "cache_dir"})
+
+
+@dataclass
+class Run:
+    """A trained run: its recipe, checkpoint and rebuilt model (in eval mode)."""
+
+    path: Path
+    recipe: Recipe
+    checkpoint: dict
+    model: nn.Module
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.path.name
+
+    @property
+    def quantized(self) -> bool:
+        return self.checkpoint["model_config"].get("quant") is not None
+
+    @property
+    def bits(self) -> str:
+        """``w4a4`` for a quantized run, ``fp32`` otherwise."""
+        return self.recipe.quant.label
+
+    @property
+    def label(self) -> str:
+        """Short description: ``w4a4``, ``fp32``, with ``+SGT``."""
+        return self.bits + ("+SGT" if self.recipe.sgt.enabled else "")
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def test_loader(self, limit: int | None = None, device: str | torch.device = "cpu") -> Loader:
+        """The run's test split (its first ``limit`` images), normalised as in training."""
+        return make_loader(self.recipe, False, torch.device(device), limit)
+
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        info = DATASETS[self.recipe.data.dataset]
+        return info.mean, info.std
+
+
+def load_run(path: str | Path, data_root: str | None = None) -> Run:
+    """Load a run directory (its ``best.pt``, else ``last.pt``, else ``model.pt``) or a checkpoint.
+
+    Raises:
+        RunError: the path is missing or holds no checkpoint.
+        CheckpointError: the checkpoint is corrupted, unsafe or foreign.
+    """
+    file = find_checkpoint(path)
+    payload = load_checkpoint(file)
+    extra = [f"data.root={data_root}"] if data_root else []
+    try:
+        recipe = parse_recipe(apply_overrides(payload["recipe"], extra), source=str(file))
+    except RecipeError as exc:
+        raise CheckpointError(f"{file} holds a recipe this version cannot read: {exc}") from None
+    model = model_from_checkpoint(payload).eval()
+    return Run(file.parent, recipe, payload, model)

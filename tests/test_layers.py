@@ -1,0 +1,62 @@
+"""The parts depend on each other as DESIGN.md draws them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+APP_LAYER = (
+    "qsgt_plugin.engine",
+    "qsgt_plugin.build",
+    "qsgt_plugin.checkpoint",
+    "qsgt_plugin.data",
+    "qsgt_plugin.recipe",
+    "qsgt_plugin.run_dir",
+    "qsgt_plugin.report",
+    "qsgt_plugin.cli",
+)
+
+
+def loaded_after(statement: str) -> set[str]:
+    """The qsgt_plugin modules a fresh interpreter has loaded after ``statement``."""
+    code = (
+        f"import sys; {statement}; "
+        "print('\\n'.join(m for m in sys.modules if m.startswith('qsgt_plugin')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    return set(out.split())
+
+
+def test_the_leaves_and_attribution_load_no_application_module():
+    modules = loaded_after(
+        "import qsgt_plugin.quant, qsgt_plugin.sgt, qsgt_plugin.models, qsgt_plugin.attribution"
+    )
+    assert "qsgt_plugin.attribution.suite" in modules  # the import did happen
+    assert not modules & set(APP_LAYER), sorted(modules & set(APP_LAYER))
+
+
+def test_the_package_itself_loads_no_application_module():
+    modules = loaded_after("import qsgt_plugin")
+    assert not modules & set(APP_LAYER), sorted(modules & set(APP_LAYER))
+
+
+def test_quant_does_not_reach_up_to_the_plugin_host():
+    modules = loaded_after("import qsgt_plugin.quant.convert")
+    # the package __init__ wires the host; the quant modules themselves never import it
+    import ast
+    import pathlib
+
+    import qsgt_plugin
+
+    root = pathlib.Path(qsgt_plugin.__file__).parent
+    for path in (root / "quant").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+        assert not {m for m in imported if m in ("qsgt_plugin.plugins", *APP_LAYER)}, path
+    assert "qsgt_plugin.quant.convert" in modules

@@ -1,0 +1,57 @@
+"""Every row of RESULTS.md's MNIST table has its weights in results/, and they re-evaluate to
+the accuracy the row states, to the image (2 decimals of 10,000 test images)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from qsgt_plugin.evaluation import evaluate
+from qsgt_plugin.run_dir import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rows() -> list[dict[str, str]]:
+    reproduce = _reproduce()
+    return [
+        r
+        for r in reproduce._rows((ROOT / "RESULTS.md").read_text())
+        if "quick" not in r["experiment"]
+    ]
+
+
+def shipped(row: dict[str, str]) -> Path:
+    return ROOT / "results" / row["dataset"] / f"{row['experiment']}-s{row['seed']}"
+
+
+def test_every_row_ships_its_weights_and_every_shipped_run_has_a_row():
+    table = rows()
+    for row in table:
+        folder = shipped(row)
+        assert {p.name for p in folder.iterdir()} >= {"model.pt", "recipe.yaml", "metrics.jsonl"}
+        assert (folder / "model.pt").stat().st_size < 2_000_000  # model state only
+    listed = {shipped(row) for row in table}
+    on_disk = {p.parent for p in (ROOT / "results").glob("*/*/model.pt")}
+    assert on_disk == listed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
+@pytest.mark.parametrize("row", rows(), ids=lambda r: f"{r['experiment']}-s{r['seed']}")
+def test_shipped_weights_reach_the_stated_accuracy(row):
+    run = load_run(shipped(row))
+    loader = run.test_loader()
+    accuracy, _ = evaluate(run.model, loader)
+    assert len(loader.labels) == 10000
+    assert f"{100 * accuracy:.2f}%" == row["test acc"]
