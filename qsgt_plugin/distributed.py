@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from qsgt_plugin.launch import watch_parent
 from qsgt_plugin.utils import unwrap
 
 __all__ = ["Distributed", "setup"]
@@ -88,6 +89,8 @@ def setup(device: torch.device) -> Distributed:
     if world <= 1:
         return Distributed()
     info = Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    # A rank whose launcher (torchrun) died, even by SIGKILL, stops too: nothing keeps writing.
+    watch_parent()
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":

@@ -187,6 +187,8 @@ def _fit(s: Session) -> RunResult:
         log.info("resumed %s at step %d (epoch %d)", s.run.path, p.step, p.epoch + 1)
     else:  # the starting point of the alpha trajectories
         s.run.log(dict(kind="init", epoch=0.0, step=0, lr=_lr(s), alphas=_alpha_values(s.model)))
+    if s.dd.main:
+        log.info("training path: %s", "compiled (torch.compile)" if s.step.compiled else "eager")
     s.started = time.time() - p.elapsed
     while p.step < s.total_steps:
         _train_epoch(s)

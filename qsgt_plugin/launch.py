@@ -25,8 +25,12 @@ __all__ = ["ERROR_FILE_ENV", "launch", "report_rank_error", "watch_parent"]
 
 ERROR_FILE_ENV = "QSGT_ERROR_FILE"
 _PR_SET_PDEATHSIG = 1
-# torchrun's own report of a failed worker starts with a line naming its elastic package.
-_TORCHRUN_REPORT = (b"torch.distributed.elastic", b"ChildFailedError")
+# torchrun's own report of a failed worker starts with a line from its elastic package.
+_TORCHRUN_REPORT = (
+    b"torch/distributed/elastic/",
+    b"torch.distributed.elastic",
+    b"ChildFailedError",
+)
 
 
 def _die_with_parent() -> None:
@@ -79,6 +83,8 @@ def launch(argv: Sequence[str], nproc: int, lock_env: dict[str, str]) -> tuple[i
     with tempfile.TemporaryDirectory(prefix="qsgt-launch-") as tmp:
         error_file = Path(tmp) / "error"
         env = {**os.environ, **lock_env, ERROR_FILE_ENV: str(error_file)}
+        # torchrun sets 1 thread per rank and prints a banner about it unless this is set
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
         proc = subprocess.Popen(
             command, env=env, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
         )

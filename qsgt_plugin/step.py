@@ -95,7 +95,6 @@ class CompiledStep:
         self.step = build(self.runner)
         self._checked = not compile
         self._buffers = {k: v.clone() for k, v in model.named_buffers()} if compile else {}
-        log.info("training path: %s", "compiled (torch.compile)" if compile else "eager")
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """Train on one batch; if the first compiled step fails, go eager and rerun it."""

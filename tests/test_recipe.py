@@ -115,10 +115,17 @@ def test_shipped_recipes_validate(path):
     raw = yaml.safe_load(path.read_text())
     if path.stem != "quickstart":
         dataset, _, variant = path.stem.split("-", 2)
+        variant = variant.removesuffix("-fast")
         assert recipe.data.dataset == dataset
         assert recipe.quant.enabled == variant.startswith("w4a4")
         assert recipe.sgt.enabled == variant.endswith("sgt")
         assert recipe.sgt.mask_fraction == (0.5 if dataset == "mnist" else 0.1)
+        assert raw["model"]["kwargs"].get("in_chans", 3) == (1 if dataset == "mnist" else 3)
+    if path.stem.endswith("-fast"):  # the GPU recipe: the fast trainers' ingredients, all on
+        assert recipe.quant.alpha_init == "calibrate" and recipe.data.flip == "alternate"
+        assert recipe.train.ema and recipe.train.label_smoothing > 0 and recipe.optim.nesterov
+        assert recipe.schedule.name == "onecycle"
+    elif path.stem != "quickstart":
         # CIFAR-10: the papers' schedule; MNIST: a 6-epoch one-cycle schedule for the CPU
         decay = 2e-4 if dataset == "cifar10" else 5e-4
         assert (recipe.optim.lr, recipe.optim.momentum, recipe.optim.weight_decay) == (
@@ -129,7 +136,6 @@ def test_shipped_recipes_validate(path):
         if dataset == "mnist":
             assert recipe.train.epochs == 6 and recipe.schedule.name == "onecycle"
             assert recipe.quant.alpha_init == "calibrate"
-        assert raw["model"]["kwargs"].get("in_chans", 3) == (1 if dataset == "mnist" else 3)
 
 
 def test_quant_and_sgt_sections_are_the_keyword_arguments_they_feed():

@@ -67,7 +67,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
     assert a["step"] == b["step"] == 24
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    steps = [r["step"] for r in RunDir(killed).records()]
+    records = RunDir(killed).records()
+    resumes = [r for r in records if r["kind"] == "resume"]
+    assert [r["step"] for r in resumes] == [interrupted_at] and resumes[0]["changed"] == {}
+    steps = [r["step"] for r in records if r["kind"] != "resume"]
     assert steps == [r["step"] for r in RunDir(straight.run_dir).records()]  # not duplicated
 
 

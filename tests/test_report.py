@@ -25,10 +25,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A float and a W4A4 ResNet-20, 150 steps each on real MNIST."""
+    """A float ResNet-20 with seeds 0 and 1 and a W4A4 one, 150 steps each on real MNIST."""
     root = tmp_path_factory.mktemp("runs")
     paths = {}
-    for name, quant in (("fp32", False), ("w4a4", True)):
+    for name, quant, seed in (("fp32", False, 0), ("fp32-s1", False, 1), ("w4a4", True, 0)):
         recipe = Recipe.model_validate(
             {
                 "model": {"name": "resnet20", "kwargs": {"in_chans": 1}},
@@ -36,7 +36,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                 "data": {"dataset": "mnist", "batch_size": 64, "test_subset": 600},
                 "optim": {"lr": 0.05},
                 "schedule": {"name": "onecycle"},
-                "train": {"max_steps": 150, "log_every": 25},
+                "train": {"max_steps": 150, "log_every": 25, "seed": seed},
                 "output": {"dir": str(root / f"mnist-{name}")},
             }
         )
@@ -92,37 +92,59 @@ def test_alpha_plot_of_a_quantized_run(runs, capsys):
         main(["alpha-plot", str(runs["w4a4"]), str(runs["fp32"])])
 
 
-def test_report_embeds_every_figure_and_saves_every_number(runs, tmp_path):
+def test_report_embeds_every_figure_and_saves_every_number(runs, tmp_path, capsys):
     out = tmp_path / "report"
-    assert (
-        main(
-            [
-                "report",
-                str(runs["fp32"]),
-                str(runs["w4a4"]),
-                "--out",
-                str(out),
-                "--images",
-                "4",
-                "--curve-images",
-                "200",
-            ]
-        )
-        == 0
-    )
+    paths = [str(runs[name]) for name in ("fp32", "fp32-s1", "w4a4")]
+    args = ["report", *paths, "--out", str(out), "--images", "4", "--curve-images", "100"]
+    assert main([*args, "--mprt-images", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"mnist-w4a4 +[\d. ]+$", printed, re.M)  # seconds per metric
     text = (out / "report.md").read_text()
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(figures) == 3  # attributions, masking curve, alpha of the w4a4 run
+    assert sorted(figures) == sorted(
+        [
+            "attributions-mnist.png",
+            "masking-curve-mnist.png",
+            "deletion-insertion-mnist.png",
+            "road-mnist.png",
+            "mprt-mnist.png",
+            "alpha-w4a4.png",
+        ]
+    )
     for figure in figures:
         assert (out / figure).read_bytes()[:8] == PNG
     metrics = json.loads((out / "metrics.json").read_text())
     rows = {row["run"]: row for row in metrics["accuracy"]}
-    assert set(rows) == {"mnist-fp32", "mnist-w4a4", "mnist-w4a4 (float view)"}
+    assert set(rows) == {"mnist-fp32", "mnist-fp32-s1", "mnist-w4a4", "mnist-w4a4 (float view)"}
     assert rows["mnist-w4a4"]["size_bytes"] < rows["mnist-fp32"]["size_bytes"] / 6
     assert rows["mnist-fp32"]["test_images"] == 600
     assert "| mnist-w4a4 | resnet20 | mnist | w4a4 | no |" in text
+    # Two seeds of fp32: one group, with a spread and a 95% interval
+    groups = metrics["datasets"]["mnist"]["groups"]
+    assert groups["fp32"]["seeds"] == [0, 1] and groups["w4a4"]["seeds"] == [0]
+    assert groups["fp32"]["test_acc"]["n"] == 2
+    low, high = groups["fp32"]["deletion_auc"]["ci95"]
+    assert low <= groups["fp32"]["deletion_auc"]["mean"] <= high
+    assert re.search(r"\| fp32 \| 2 \| [\d.]+ ± [\d.]+ \[[\d.-]+, [\d.-]+\] \|", text)
+    for name, seconds in metrics["runs"]["mnist-w4a4"]["suite"]["seconds"].items():
+        assert seconds > 0, name
 
 
 def test_not_a_run_is_a_user_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_the_suite_timing_benchmark_runs(runs):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks/suite_time.py"), str(runs["w4a4"]), "--quick"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout  # fmt: skip
+    assert "32 mnist test images" in out
+    for metric in ("deletion_insertion", "road", "mprt", "random_logit", "total"):
+        assert re.search(rf"^{metric} +\d+\.\d$", out, re.M) or metric == "total", metric
+    assert re.search(r"^total +\d+\.\d +\(target <= 300 s", out, re.M)
