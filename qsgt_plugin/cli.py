@@ -169,6 +169,76 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitivity(args: argparse.Namespace) -> int:
+    from qsgt_plugin.precision.commands import write_sensitivity
+    from qsgt_plugin.report import check_output
+
+    (run,) = _runs(args)
+    out = check_output(Path(args.out) if args.out else run.path / "sensitivity")
+    result = write_sensitivity(
+        run, out, args.bits, args.images, args.hessian_samples, layers=args.layers
+    )
+    print((out / "sensitivity.md").read_text())
+    seconds = result["seconds"]
+    print(
+        f"{len(result['rows'])} variants on {result['images']} images in "
+        f"{seconds['total']:.0f} s (Hessian traces {seconds['hessian']:.0f} s); "
+        f"figure: {result['figure']}; numbers: {out / 'sensitivity.json'}"
+    )
+    return 0
+
+
+def _mixed_precision(args: argparse.Namespace) -> int:
+    from qsgt_plugin.errors import UsageError
+    from qsgt_plugin.precision.commands import (
+        check_budget,
+        load_sensitivity,
+        plan_mixed_precision,
+        uniform_sizes,
+        write_recipe,
+        write_sensitivity,
+    )
+    from qsgt_plugin.report import check_output
+
+    (run,) = _runs(args)
+    if args.size_kb <= 0:
+        raise UsageError(f"--size-kb must be positive, got {args.size_kb:g}")
+    out = check_output(Path(args.out) if args.out else run.path / "mixed-precision.yaml")
+    budget = round(args.size_kb * 1000)
+    check_budget(run, args.bits, budget)
+    saved = run.path / "sensitivity" / "sensitivity.json"
+    result = load_sensitivity(saved, run, args.bits, args.layers)
+    if result is None:
+        result = write_sensitivity(
+            run, saved.parent, args.bits, args.images, args.hessian_samples, layers=args.layers
+        )
+    else:
+        print(f"using the sensitivity measured in {saved}")
+    chosen, size, recipe = plan_mixed_precision(
+        run,
+        result,
+        budget,
+        args.drift_weight,
+        source=args.runs[0],
+        epochs=args.epochs,
+        name=out.stem if args.out else None,
+    )
+    write_recipe(recipe, out)
+    for name, choice in chosen.items():
+        print(f"{name:24s} {choice.bits:2d} bits  cost {choice.cost:.4f}  {choice.size:,} bytes")
+    total = sum(c.cost for c in chosen.values())
+    print(
+        f"\nmodel size {size / 1000:.2f} kB (budget {args.size_kb:g} kB); summed cost {total:.4f}"
+    )
+    sizes = uniform_sizes(run, [b for b in args.bits])
+    print(
+        "uniform, for reference: "
+        + ", ".join(f"W{b}A{b} {s / 1000:.2f} kB" for b, s in sizes.items())
+    )
+    print(f"recipe: {out}; fine-tune with `qsgt train {out}`")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from qsgt_plugin.build import example_batch
     from qsgt_plugin.quant import model_size_bytes, quantization_disabled
@@ -219,6 +289,8 @@ COMMANDS = {
     "masking-curve": _masking_curve,
     "alpha-plot": _alpha_plot,
     "report": _report,
+    "sensitivity": _sensitivity,
+    "mixed-precision": _mixed_precision,
     "export": _export,
     "methods": _methods,
     "models": _models,

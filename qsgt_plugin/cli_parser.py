@@ -155,3 +155,70 @@ def _analyses(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
         help="images of the randomisation test (default: --curve-images)",
     )
     p.add_argument("--method", default="Saliency", help=ATTRIBUTION_METHODS)
+    _precision(analysis)
+
+
+def _bit_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected bit widths separated by commas, like 2,3,4; got {text!r}"
+        ) from None
+    wrong = [b for b in values if not 2 <= b <= 8]
+    if wrong:
+        raise argparse.ArgumentTypeError(f"bit widths must be 2..8, got {wrong}")
+    return tuple(sorted(set(values)))
+
+
+def _precision(analysis: Callable[..., argparse.ArgumentParser]) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--bits", type=_bit_list, default=(2, 3, 4), help="bit widths to try (2,3,4)"
+        )
+        p.add_argument(
+            "--images", type=_count(1), default=500, help="test images of each measurement (500)"
+        )
+        p.add_argument(
+            "--hessian-samples",
+            type=_count(2),
+            default=16,
+            help="Hutchinson vectors of the HAWQ-v2 score (16)",
+        )
+        p.add_argument(
+            "--layers",
+            type=lambda text: [part for part in text.split(",") if part],
+            help="weight layers to try, comma-separated names or patterns (default: all)",
+        )
+
+    p = analysis(
+        "sensitivity",
+        "accuracy drop and explanation drift with one layer at a time at fewer bits",
+        many=False,
+    )
+    common(p)
+    p.add_argument("--out", help="output folder (default: RUN/sensitivity)")
+    p = analysis(
+        "mixed-precision",
+        "bits per layer within a model size, from the sensitivity; writes a recipe",
+        many=False,
+    )
+    p.add_argument(
+        "--size-kb", type=_finite, required=True, help="model size budget in kB (1000 bytes)"
+    )
+    p.add_argument(
+        "--drift-weight",
+        type=_finite,
+        default=1.0,
+        help="cost = accuracy drop + W x explanation drift (1.0)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_count(1),
+        default=2,
+        help="fine-tuning epochs of the written recipe, at a tenth of the run's lr (2)",
+    )
+    common(p)
+    p.add_argument(
+        "--out", help="recipe to write (default: RUN/mixed-precision.yaml); fine-tunes from RUN"
+    )
