@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointError",
     "DatasetNotFoundError",
     "ExportError",
+    "MissingDependencyError",
     "PluginError",
     "QsgtError",
     "RecipeError",
@@ -70,3 +71,7 @@ class ExportError(QsgtError, RuntimeError):
 
 class UsageError(QsgtError, ValueError):
     """A command option or argument that cannot work (``--images 0``, an unknown method, ...)."""
+
+
+class MissingDependencyError(QsgtError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra."""

@@ -49,8 +49,14 @@ class QuantSection(_Section):
 
     @property
     def label(self) -> str:
-        """``w4a4`` (weight and activation bits), or ``fp32`` when quantization is off."""
-        return f"w{self.weight_bits}a{self.act_bits}" if self.enabled else "fp32"
+        """``w4a4`` (weight and activation bits), ``fp32`` when quantization is off, ``mixed``
+        when an override sets a width other than ``weight_bits``, ``act_bits`` and
+        ``first_last_bits`` (per-layer bit widths, e.g. from ``qsgt mixed-precision``)."""
+        if not self.enabled:
+            return "fp32"
+        usual = {self.weight_bits, self.act_bits, self.first_last_bits, None}
+        widths = {b for setting in self.overrides.values() if setting for b in setting.values()}
+        return "mixed" if widths - usual else f"w{self.weight_bits}a{self.act_bits}"
 
 
 class SGTSection(_Section):

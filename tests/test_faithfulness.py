@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -321,3 +322,14 @@ def test_random_logit_on_three_channel_images():
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     result = random_logit(model.eval(), x, y, num_classes=5)
     assert len(result["per_image"]) == 4 and all(-1 <= s <= 1 for s in result["per_image"])
+
+
+def test_random_logit_without_quantus_names_the_extra(monkeypatch):
+    from qsgt_plugin.errors import MissingDependencyError, QsgtError
+
+    monkeypatch.setitem(sys.modules, "quantus", None)  # import quantus raises ImportError
+    model = small_net()
+    x, y = batch()
+    with pytest.raises(MissingDependencyError, match=r"pip install 'qsgt-plugin\[xai\]'") as info:
+        random_logit(model, x, y, num_classes=3)
+    assert isinstance(info.value, QsgtError) and isinstance(info.value, ImportError)

@@ -13,6 +13,7 @@ APP_LAYER = (
     "qsgt_plugin.recipe",
     "qsgt_plugin.run_dir",
     "qsgt_plugin.report",
+    "qsgt_plugin.precision",
     "qsgt_plugin.cli",
 )
 

@@ -274,3 +274,36 @@ def test_bad_bit_lists_and_layers_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["mixed-precision", str(tmp_path)])  # no --size-kb
     assert "--size-kb" in capsys.readouterr().err
+
+
+FINETUNE = Path(__file__).resolve().parents[1] / "recipes" / "finetune"
+
+
+def test_the_shipped_fine_tuning_recipes_fit_the_size_they_claim():
+    from qsgt_plugin.build import build_model, check_recipe, example_batch
+    from qsgt_plugin.recipe import load_recipe
+
+    sizes = {}
+    for path in sorted(FINETUNE.glob("*.yaml")):
+        recipe = check_recipe(load_recipe(path))
+        assert recipe.name == path.stem and recipe.output.dir == f"runs/{path.stem}"
+        source = Path(__file__).resolve().parents[1] / recipe.model.init_from
+        assert (source / "model.pt").is_file()
+        assert recipe.optim.lr == pytest.approx(0.01) and recipe.train.epochs == 2
+        model = build_model(
+            recipe.model.name, recipe.model.kwargs, recipe.quant, example_batch("mnist")
+        )
+        sizes[path.stem] = model_size_bytes(model)
+    assert (
+        sizes["mnist-resnet20-mixed-112kb"] <= sizes["mnist-resnet20-w3a3-sgt-finetune"] <= 112_308
+    )
+
+
+def test_a_recipe_with_per_layer_widths_is_labelled_mixed():
+    def label(overrides):
+        return Recipe.model_validate({"quant": {"overrides": overrides}}).quant.label
+
+    assert label({}) == "w4a4"
+    assert label({"fc": None, "conv1": {"weight_bits": 8}}) == "w4a4"  # float / first-last
+    assert label({"layer3.*": {"weight_bits": 2, "act_bits": 2}}) == "mixed"
+    assert Recipe.model_validate({"quant": {"enabled": False}}).quant.label == "fp32"

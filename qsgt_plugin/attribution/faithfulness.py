@@ -28,7 +28,15 @@ from qsgt_plugin.sgt.masking import apply_mask, ranking, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
 from qsgt_plugin.utils import eval_mode
 
-__all__ = ["SUBSTRATES", "DeletionInsertion", "auc", "deletion_insertion", "substrate", "top_mask"]
+__all__ = [
+    "SUBSTRATES",
+    "DeletionInsertion",
+    "auc",
+    "class_probability",
+    "deletion_insertion",
+    "substrate",
+    "top_mask",
+]
 
 SUBSTRATES = ("mean", "blur")
 RANKINGS = ("saliency", "random")
@@ -88,7 +96,7 @@ class DeletionInsertion:
         flat = saliency.flatten(1)
         base = substrate(x, self.substrate_kind, self.fill_value)
         clean_logits, base_logits = model(x), model(base)
-        clean = _probability(clean_logits, predicted).clamp(min=1e-12)
+        clean = class_probability(clean_logits, predicted).clamp(min=1e-12)
         for r, scores in enumerate((flat, torch.zeros_like(flat))):  # saliency, random
             order = ranking(scores, generator=self.generator)
             for i, t in enumerate(self.fractions.tolist()):
@@ -100,7 +108,7 @@ class DeletionInsertion:
                     # at 0 and 1 the images are the clean ones or the substrate: no forward
                     logits = {0.0: ends[0], 1.0: ends[1]}.get(t)
                     logits = model(images) if logits is None else logits
-                    p = _probability(logits, predicted)
+                    p = class_probability(logits, predicted)
                     self.sums[curve][r, i] += p.sum().cpu()
                     self.sums[f"{curve}_n"][r, i] += (p / clean).sum().cpu()
                     if curve == "deletion":
@@ -126,7 +134,8 @@ class DeletionInsertion:
         return {r: (sums[i] / self.images).tolist() for i, r in enumerate(RANKINGS)}
 
 
-def _probability(logits: Tensor, target: Tensor) -> Tensor:
+def class_probability(logits: Tensor, target: Tensor) -> Tensor:
+    """Softmax probability of each row's ``target`` class."""
     return logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
 
 

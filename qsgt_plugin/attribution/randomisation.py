@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from qsgt_plugin.attribution.metrics import spearman
+from qsgt_plugin.errors import MissingDependencyError
 from qsgt_plugin.sgt.masking import reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
 
@@ -136,7 +137,8 @@ def _quantus():
     try:
         import quantus
     except ImportError:
-        raise ImportError(
-            "the random-logit test uses Quantus: pip install 'qsgt-plugin[xai]'"
+        raise MissingDependencyError(
+            "the random-logit test uses Quantus, which is not installed: "
+            "pip install 'qsgt-plugin[xai]'"
         ) from None
     return quantus

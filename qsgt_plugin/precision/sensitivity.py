@@ -21,7 +21,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
-from qsgt_plugin.attribution.faithfulness import auc, substrate, top_mask
+from qsgt_plugin.attribution.faithfulness import auc, class_probability, substrate, top_mask
 from qsgt_plugin.attribution.metrics import spearman, top_overlap
 from qsgt_plugin.precision.hessian import (
     effective_weight,
@@ -93,16 +93,12 @@ class Probe:
             else:
                 images = torch.where(top_mask(order, t, maps.shape)[:, None], base, self.x)
                 step_logits = _logits(model, images)
-            points.append(_probability(step_logits, self.target).mean().item())
+            points.append(class_probability(step_logits, self.target).mean().item())
         return auc(points, list(DELETION_FRACTIONS))
 
 
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
     return torch.cat([model(chunk) for chunk in x.split(CHUNK)])
-
-
-def _probability(logits: Tensor, target: Tensor) -> Tensor:
-    return logits.softmax(1).gather(1, target[:, None]).squeeze(1)
 
 
 def sensitivity(
