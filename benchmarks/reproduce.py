@@ -58,6 +58,13 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
                 f"recipes/{dataset}-resnet20-w4a4-sgt.yaml",
                 [f"quant.weight_bits={bits}", f"quant.act_bits={bits}"],
             )
+    # Fine-tunings of the MNIST W4A4 + SGT seed-0 run: the mixed-precision recipe that
+    # `qsgt mixed-precision` wrote at uniform W3A3's size, and uniform W3A3 itself.
+    for name, recipe in (
+        ("mnist-mixed-112kb-ft", "mnist-resnet20-mixed-112kb"),
+        ("mnist-w3a3-sgt-ft", "mnist-resnet20-w3a3-sgt-finetune"),
+    ):
+        out[name] = (f"recipes/finetune/{recipe}.yaml", [])
     return out
 
 
