@@ -307,3 +307,26 @@ def test_a_recipe_with_per_layer_widths_is_labelled_mixed():
     assert label({"fc": None, "conv1": {"weight_bits": 8}}) == "w4a4"  # float / first-last
     assert label({"layer3.*": {"weight_bits": 2, "act_bits": 2}}) == "mixed"
     assert Recipe.model_validate({"quant": {"enabled": False}}).quant.label == "fp32"
+
+
+@pytest.mark.slow
+@needs_data
+def test_mobilenet_v2_on_cifar10_pairs_its_relu6_and_changes_one_layer(tmp_path):
+    recipe = Recipe.model_validate(
+        {
+            "model": {"name": "mobilenetv2_050"},
+            "data": {"dataset": "cifar10", "batch_size": 16, "train_subset": 64, "test_subset": 32},
+            "quant": {"calibration_images": 32},
+            "train": {"max_steps": 2, "log_every": 1},
+            "output": {"dir": str(tmp_path / "mnv2")},
+        }
+    )
+    run = load_run(train(recipe).run_dir)
+    units = layer_units(run)
+    assert len(units) == 53 and sum(u.act is not None for u in units) == 35
+    unit = next(u for u in units if u.weight == "blocks.1.0.conv_pw")
+    assert unit.act == "blocks.1.0.bn1.act"  # timm's BatchNormAct2d holds the ReLU6
+    before, after = _bit_widths(run.model), _bit_widths(variant(run, unit_overrides(unit, 3)))
+    assert {k for k in before if before[k] != after[k]} == {unit.weight, unit.act}
+    result = sensitivity(run, bits=(3,), images=32, hessian_samples=2, layers=[unit.weight])
+    assert result["rows"][0]["drift"] > 0 and result["rows"][0]["act"] == unit.act
