@@ -200,9 +200,13 @@ def _mixed_precision(args: argparse.Namespace) -> int:
     )
     from qsgt_plugin.report import check_output
 
-    (run,) = _runs(args)
     if args.size_kb <= 0:
         raise UsageError(f"--size-kb must be positive, got {args.size_kb:g}")
+    if args.drift_weight < 0:
+        raise UsageError(
+            f"--drift-weight must be 0 or more (0: accuracy alone), got {args.drift_weight:g}"
+        )
+    (run,) = _runs(args)
     out = check_output(Path(args.out) if args.out else run.path / "mixed-precision.yaml")
     budget = round(args.size_kb * 1000)
     check_budget(run, args.bits, budget)

@@ -274,6 +274,14 @@ def test_bad_bit_lists_and_layers_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["mixed-precision", str(tmp_path)])  # no --size-kb
     assert "--size-kb" in capsys.readouterr().err
+    (tmp_path / "model.pt").write_bytes(b"")  # never read: the options are checked first
+    for option, value, message in (
+        ("--size-kb", "-5", "--size-kb must be positive"),
+        ("--drift-weight", "-1", "--drift-weight must be 0 or more"),
+    ):
+        extra = [] if option == "--size-kb" else ["--size-kb", "100"]
+        assert main(["mixed-precision", str(tmp_path), option, value, *extra]) == 2
+        assert message in capsys.readouterr().err
 
 
 FINETUNE = Path(__file__).resolve().parents[1] / "recipes" / "finetune"
