@@ -95,8 +95,6 @@ def _unit(weight: str, act: str | None, trained: dict[str, nn.Module]) -> Unit:
         bits, scales = int(layer.weight_quant.bit_width()), layer.weight_quant.scale().numel()
     else:
         bits, scales = FLOAT_BITS, 1
-    if isinstance(layer, QuantWeightBiasInputOutputLayer) and bits == FLOAT_BITS:
-        scales = 1
     act_bits = None
     if act is not None:
         module = trained[act]
