@@ -21,34 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from stage_common import run_logged, training_summary
+
 TARGET = 0.995  # MNIST W4A4 + SGT test accuracy
-
-
-def _run(command: list[str], log: Path, timeout: float) -> tuple[int, float]:
-    """Run ``command`` with its output in ``log``; (exit status, seconds)."""
-    started = time.perf_counter()
-    with log.open("w") as f:
-        try:
-            status = subprocess.run(
-                command, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT
-            ).returncode
-        except subprocess.TimeoutExpired:
-            f.write(f"\n[gpu_stage1] stopped after {timeout:.0f} s\n")
-            status = 124
-    return status, time.perf_counter() - started
 
 
 def gpu_tests(out: Path, dry_run: bool) -> dict:
     # On the CPU the gpu-marked tests skip themselves; collecting them checks the file.
     extra = ["--collect-only"] if dry_run else []
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *extra]
-    status, seconds = _run(command, out / "gpu-tests.log", 120)
+    status, seconds = run_logged(command, out / "gpu-tests.log", 120)
     tail = (out / "gpu-tests.log").read_text().strip().splitlines()[-1:] or [""]
     return {"status": status, "seconds": seconds, "summary": tail[0]}
 
@@ -56,7 +42,7 @@ def gpu_tests(out: Path, dry_run: bool) -> dict:
 def throughput(out: Path, dry_run: bool, budget: float) -> dict:
     options = ["--quick"] if dry_run else ["--budget", str(budget)]
     command = [sys.executable, "benchmarks/throughput.py", *options, "--json", str(out / "tp.json")]
-    status, seconds = _run(command, out / "throughput.log", budget + 120)
+    status, seconds = run_logged(command, out / "throughput.log", budget + 120)
     rows = json.loads((out / "tp.json").read_text()) if (out / "tp.json").exists() else {}
     return {"status": status, "seconds": seconds, **rows}
 
@@ -80,27 +66,8 @@ def mnist(out: Path, dry_run: bool, timeout: float) -> dict:
         "--overwrite",
     ]
     command += [arg for s in sets for arg in ("--set", s)]
-    status, seconds = _run(command, out / "mnist.log", timeout)
-    records = (
-        [
-            json.loads(line)
-            for line in (run / "metrics.jsonl").read_text().splitlines()
-            if line.strip()
-        ]
-        if (run / "metrics.jsonl").exists()
-        else []
-    )
-    evals = [r for r in records if r["kind"] == "eval"]
-    reached = next((r for r in evals if r["test_acc"] >= TARGET), None)
-    return {
-        "status": status,
-        "seconds": seconds,
-        "evals": [{k: r[k] for k in ("epoch", "step", "test_acc", "elapsed")} for r in evals],
-        "final_acc": evals[-1]["test_acc"] if evals else None,
-        "time_to_target_s": reached["elapsed"] if reached else None,
-        "target": TARGET,
-        "compiled": evals[-1].get("compiled") if evals else None,
-    }
+    status, seconds = run_logged(command, out / "mnist.log", timeout)
+    return {"status": status, "seconds": seconds, **training_summary(run, TARGET)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from stage_common import run_logged, training_summary
+
 RECIPE = "recipes/cifar10-resnet20-w4a4-sgt-fast.yaml"
 TARGET = 0.913  # PACT Table 1, 4-bit ResNet-20 on CIFAR-10
 TRAINING_LIMIT = 360  # seconds of training for the W4A4 + SGT run
@@ -67,33 +67,9 @@ def train(name: str, sets: list[str], out: Path, timeout: float) -> dict:
         "train.log_every=100",
     ]
     command += [arg for s in sets for arg in ("--set", s)]
-    started = time.perf_counter()
-    with (out / f"{name}.log").open("w") as log:
-        try:
-            status = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT
-            ).returncode
-        except subprocess.TimeoutExpired:
-            status = 124
-    metrics = run / "metrics.jsonl"
-    records = (
-        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        if metrics.exists()
-        else []
-    )
-    evals = [r for r in records if r["kind"] == "eval"]
-    reached = next((r for r in evals if r["test_acc"] >= TARGET), None)
-    return {
-        "status": status,
-        "seconds": time.perf_counter() - started,
-        "overrides": sets,
-        "evals": [{k: r[k] for k in ("epoch", "step", "test_acc", "elapsed")} for r in evals],
-        "final_acc": evals[-1]["test_acc"] if evals else None,
-        "training_s": evals[-1]["elapsed"] if evals else None,
-        "time_to_target_s": reached["elapsed"] if reached else None,
-        "target": TARGET,
-        "compiled": evals[-1].get("compiled") if evals else None,
-    }
+    status, seconds = run_logged(command, out / f"{name}.log", timeout)
+    summary = training_summary(run, TARGET)
+    return {"status": status, "seconds": seconds, "overrides": sets, **summary}
 
 
 def main(argv: list[str] | None = None) -> int:
