@@ -191,6 +191,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
 def _mixed_precision(args: argparse.Namespace) -> int:
     from qsgt_plugin.errors import UsageError
     from qsgt_plugin.precision.commands import (
+        SizedUnits,
         check_budget,
         load_sensitivity,
         plan_mixed_precision,
@@ -209,9 +210,10 @@ def _mixed_precision(args: argparse.Namespace) -> int:
     (run,) = _runs(args)
     out = check_output(Path(args.out) if args.out else run.path / "mixed-precision.yaml")
     budget = round(args.size_kb * 1000)
-    check_budget(run, args.bits, budget)
+    sized = SizedUnits.of(run)
+    check_budget(sized, args.bits, budget)
     saved = run.path / "sensitivity" / "sensitivity.json"
-    result = load_sensitivity(saved, run, args.bits, args.layers)
+    result = load_sensitivity(saved, sized, args.bits, args.layers)
     if result is None:
         result = write_sensitivity(
             run, saved.parent, args.bits, args.images, args.hessian_samples, layers=args.layers
@@ -220,6 +222,7 @@ def _mixed_precision(args: argparse.Namespace) -> int:
         print(f"using the sensitivity measured in {saved}")
     chosen, size, recipe = plan_mixed_precision(
         run,
+        sized,
         result,
         budget,
         args.drift_weight,
@@ -234,7 +237,7 @@ def _mixed_precision(args: argparse.Namespace) -> int:
     print(
         f"\nmodel size {size / 1000:.2f} kB (budget {args.size_kb:g} kB); summed cost {total:.4f}"
     )
-    sizes = uniform_sizes(run, [b for b in args.bits])
+    sizes = uniform_sizes(run, sized, list(args.bits))
     print(
         "uniform, for reference: "
         + ", ".join(f"W{b}A{b} {s / 1000:.2f} kB" for b, s in sizes.items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,22 @@ def write_sensitivity(
     return result
 
 
+@dataclass(frozen=True)
+class SizedUnits:
+    """A run's units and the bytes of everything else in its model, each counted once."""
+
+    units: list[Unit]
+    fixed_bytes: int  # BatchNorm, biases, alphas, ...: all but the units' weights
+
+    @classmethod
+    def of(cls, run: Run) -> SizedUnits:
+        units = layer_units(run)
+        trained = model_bytes(run, units, {u.weight: u.bits for u in units})
+        return cls(units, trained - sum(-(-u.size_bits(u.bits) // 8) for u in units))
+
+
 def load_sensitivity(
-    path: Path, run: Run, bits: tuple[int, ...], layers: list[str] | None = None
+    path: Path, sized: SizedUnits, bits: tuple[int, ...], layers: list[str] | None = None
 ) -> dict | None:
     """A saved result for this run covering ``bits`` and ``layers`` (all when None), or None."""
     if not path.is_file():
@@ -59,7 +74,7 @@ def load_sensitivity(
         result = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    names = [u.weight for u in layer_units(run)]
+    names = [u.weight for u in sized.units]
     wanted = {n for n in names if not layers or any(fnmatchcase(n, p) for p in layers)}
     measured = {u["weight"] for u in result.get("units", [])}
     covered = set(bits) <= set(result.get("bits", [])) and wanted <= measured
@@ -77,21 +92,14 @@ def model_bytes(run: Run, units: list[Unit], bits: dict[str, int]) -> int:
     return model_size_bytes(variant(run, overrides, calibrate_new=False))
 
 
-def _fixed_bytes(run: Run, units: list[Unit]) -> int:
-    """Bytes of everything but the units' weights (BatchNorm, biases, alphas, ...)."""
-    trained = model_bytes(run, units, {u.weight: u.bits for u in units})
-    return trained - sum(-(-u.size_bits(u.bits) // 8) for u in units)
-
-
-def check_budget(run: Run, bits: tuple[int, ...], budget_bytes: int) -> None:
+def check_budget(sized: SizedUnits, bits: tuple[int, ...], budget_bytes: int) -> None:
     """Refuse, before anything is measured, a budget that no choice of ``bits`` can meet.
 
     Raises:
         UsageError: even every layer at its smallest option exceeds the budget.
     """
-    units = layer_units(run)
-    smallest = _fixed_bytes(run, units) + sum(
-        min(-(-u.size_bits(b) // 8) for b in (*bits, u.bits)) for u in units
+    smallest = sized.fixed_bytes + sum(
+        min(-(-u.size_bits(b) // 8) for b in (*bits, u.bits)) for u in sized.units
     )
     if smallest > budget_bytes:
         raise UsageError(
@@ -103,6 +111,7 @@ def check_budget(run: Run, bits: tuple[int, ...], budget_bytes: int) -> None:
 
 def plan_mixed_precision(
     run: Run,
+    sized: SizedUnits,
     result: dict,
     budget_bytes: int,
     drift_weight: float = 1.0,
@@ -116,9 +125,8 @@ def plan_mixed_precision(
     Raises:
         UsageError: no assignment of the measured bit widths fits the budget.
     """
-    units = layer_units(run)
+    units, fixed = sized.units, sized.fixed_bytes
     options = unit_costs(result, units, drift_weight)
-    fixed = _fixed_bytes(run, units)
     allowance = budget_bytes - fixed
     for _ in range(4):  # re-solve if counting on the real model finds the rounding off
         chosen = choose_bits(options, allowance)
@@ -139,13 +147,13 @@ def plan_mixed_precision(
     return chosen, size, recipe
 
 
-def uniform_sizes(run: Run, bits: list[int]) -> dict[int, int]:
+def uniform_sizes(run: Run, sized: SizedUnits, bits: list[int]) -> dict[int, int]:
     """Bytes of the run's model with every unit at its recipe's default width set to k bits
     (first and last layers as trained): what uniform WkAk costs."""
-    units = layer_units(run)
     default = run.recipe.quant.weight_bits if run.recipe.quant.enabled else FLOAT_BITS
     return {
-        b: model_bytes(run, units, {u.weight: b for u in units if u.bits == default}) for b in bits
+        b: model_bytes(run, sized.units, {u.weight: b for u in sized.units if u.bits == default})
+        for b in bits
     }
 
 
