@@ -11,7 +11,13 @@ from typing import Any
 import yaml
 
 from qsgt_plugin.errors import UsageError
-from qsgt_plugin.precision.mixed import Choice, choose_bits, mixed_precision_recipe, unit_costs
+from qsgt_plugin.precision.mixed import (
+    Choice,
+    ceil_bytes,
+    choose_bits,
+    mixed_precision_recipe,
+    unit_costs,
+)
 from qsgt_plugin.precision.report import sensitivity_figure, sensitivity_tables
 from qsgt_plugin.precision.sensitivity import print_progress, sensitivity
 from qsgt_plugin.precision.units import FLOAT_BITS, Unit, layer_units, unit_overrides, variant
@@ -61,7 +67,7 @@ class SizedUnits:
     def of(cls, run: Run) -> SizedUnits:
         units = layer_units(run)
         trained = model_bytes(run, units, {u.weight: u.bits for u in units})
-        return cls(units, trained - sum(-(-u.size_bits(u.bits) // 8) for u in units))
+        return cls(units, trained - sum(ceil_bytes(u.size_bits(u.bits)) for u in units))
 
 
 def load_sensitivity(
@@ -99,7 +105,7 @@ def check_budget(sized: SizedUnits, bits: tuple[int, ...], budget_bytes: int) ->
         UsageError: even every layer at its smallest option exceeds the budget.
     """
     smallest = sized.fixed_bytes + sum(
-        min(-(-u.size_bits(b) // 8) for b in (*bits, u.bits)) for u in sized.units
+        min(ceil_bytes(u.size_bits(b)) for b in (*bits, u.bits)) for u in sized.units
     )
     if smallest > budget_bytes:
         raise UsageError(

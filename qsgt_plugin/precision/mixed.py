@@ -36,12 +36,12 @@ def unit_costs(
     options: dict[str, list[Choice]] = {}
     for unit in units:
         trained = unit.bits
-        choices = {trained: Choice(trained, 0.0, _bytes(unit.size_bits(trained)))}
+        choices = {trained: Choice(trained, 0.0, ceil_bytes(unit.size_bits(trained)))}
         for row in result["rows"]:
             if row["unit"] == unit.weight and row["bits"] != trained:
                 cost = row["accuracy_drop"] + drift_weight * row["drift"]
                 choices[row["bits"]] = Choice(
-                    row["bits"], cost, _bytes(unit.size_bits(row["bits"]))
+                    row["bits"], cost, ceil_bytes(unit.size_bits(row["bits"]))
                 )
         options[unit.weight] = sorted(choices.values(), key=lambda c: c.bits)
     return options
@@ -51,7 +51,8 @@ def _or_float(bits: int | None) -> int | None:
     return None if bits is None or bits >= FLOAT_BITS else bits
 
 
-def _bytes(bits: int) -> int:
+def ceil_bytes(bits: int) -> int:
+    """Whole bytes that hold ``bits`` bits."""
     return -(-bits // 8)
 
 
