@@ -262,6 +262,38 @@ def test_summaries_and_the_seed_noise_test():
     assert not noise["beyond_noise"]
 
 
+def test_the_share_of_the_float_sgt_gain_a_quantized_sgt_model_keeps():
+    from qsgt_plugin.report.markdown import _kept
+    from qsgt_plugin.report.seeds import PAIRED, sgt_kept
+
+    means = {"fp32": 0.30, "fp32+SGT": 0.20, "w4a4": 0.32, "w4a4+SGT": 0.24}
+    groups = {
+        label: {"runs": [f"run-{label}"], **{m: {"mean": mean} for m in PAIRED}}
+        for label, mean in means.items()
+    }
+    pairs = [
+        {"a": a, "b": b, "metric": m, "beyond_noise": a == "fp32" and m == "masking_auc"}
+        for m in PAIRED
+        for a, b in (("fp32", "fp32+SGT"), ("w4a4", "w4a4+SGT"))
+    ]
+    bits = {"run-fp32": "fp32", "run-fp32+SGT": "fp32", "run-w4a4": "w4a4", "run-w4a4+SGT": "w4a4"}
+    rows = {r["metric"]: r for r in sgt_kept(groups, pairs, bits)}
+    assert set(rows) == set(PAIRED)  # each pair counted once although listed once per area
+    masking = rows["masking_auc"]  # lower is better: the float gain is -0.10
+    assert masking["own"] == pytest.approx(0.8) and masking["vs_float"] == pytest.approx(0.6)
+    assert (masking["quant"], masking["quant_sgt"]) == ("w4a4", "w4a4+SGT")
+    # Higher is better for insertion: the same means are a float loss, with no gain to keep
+    assert np.isnan(rows["insertion_auc"]["own"]) and np.isnan(rows["insertion_auc"]["vs_float"])
+    text = "\n".join(_kept(list(rows.values())))
+    assert rows["masking_auc"]["float_gain_beyond_noise"]
+    assert rows["deletion_auc"]["float_gain_beyond_noise"] is False
+    row = "| masking_auc | lower | 30.00 | 20.00 | yes | 32.00 | 24.00 | 80% | 60% |"
+    assert "| w4a4+SGT (w4a4) " + row in text
+    assert "n/a (no float gain)" in text
+    # Without a float pair there is nothing to measure from
+    assert sgt_kept(groups, [p for p in pairs if p["a"] == "w4a4"], bits) == []
+
+
 # --- on a model trained on real MNIST ---------------------------------------------------------
 
 needs_data = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")

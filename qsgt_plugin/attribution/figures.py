@@ -50,7 +50,8 @@ def attribution_grid(
         titles: a caption per image (e.g. its label).
     """
     n, cols = images.shape[0], len(maps) + 1
-    fig = Figure(figsize=(1.7 * cols, 1.6 * n + 0.6), dpi=80)
+    height = 1.6 * n + 0.8
+    fig = Figure(figsize=(1.7 * cols, height), dpi=80)
     axes = fig.subplots(n, cols, squeeze=False)
     std_, mean_ = (torch.tensor(v).view(1, -1, 1, 1) for v in (std, mean))
     shown = (images.cpu() * std_ + mean_).clamp(0, 1)
@@ -77,7 +78,7 @@ def attribution_grid(
     for ax in axes[0, 1:]:
         ax.title.set_fontsize(7)
     fig.suptitle(f"|{method}| attributions", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))  # the title above the column names
     return _save(fig, path)
 
 
@@ -112,6 +113,7 @@ def band_figure(
     title: str = "",
     ylabel: str = "",
     styles: dict[str, str] | None = None,
+    xlabels: dict[str, str] | None = None,
 ) -> Path:
     """Curves over seeds: the mean as a line, mean +- one standard deviation as a band.
 
@@ -119,6 +121,7 @@ def band_figure(
         panels: panel title -> group label -> curve name -> one list of values per seed.
         fractions: the x values (fractions of pixels), shown in %.
         styles: curve name -> line style (``"-"`` for the saliency ranking, ``"--"`` random).
+        xlabels: panel title -> x-axis label (default "pixels removed (%)").
     """
     styles = styles or {}
     fig = Figure(figsize=(5 * len(panels) + 2.5, 4), dpi=90)
@@ -137,7 +140,7 @@ def band_figure(
                 ax.plot(xs, mean, styles.get(name, "-"), color=colours(i % 10), label=label)
                 ax.fill_between(xs, mean - std, mean + std, color=colours(i % 10), alpha=0.15)
         ax.set_title(panel, fontsize=9)
-        ax.set_xlabel("pixels removed (%)")
+        ax.set_xlabel((xlabels or {}).get(panel, "pixels removed (%)"))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

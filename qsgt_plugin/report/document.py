@@ -202,6 +202,7 @@ def _figures(dataset: str, groups: list, per_run: dict, out: Path) -> dict[str, 
             curves, di["fractions"], out / f"deletion-insertion-{dataset}.png",
             ylabel="probability of the predicted class (%)", styles=styles,
             title=f"{dataset}: deletion and insertion (RISE), mean substrate",
+            xlabels={"insertion": "pixels restored onto the substrate (%)"},
         )),
         "road": str(band_figure(
             road_panels, road["fractions"], out / f"road-{dataset}.png",

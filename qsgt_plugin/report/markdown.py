@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from qsgt_plugin.report.seeds import sgt_kept
+
 __all__ = ["markdown"]
 
 # (name in the numbers, column title, scale): percentages are shown x100
@@ -118,6 +120,8 @@ def _dataset(dataset: str, parts: dict, numbers: dict, rel) -> list[str]:
         f"![ROAD]({rel(figures['road'])})",
     ]
     lines += _pairs(parts["pairs"], numbers["test"])
+    bits = {row["run"]: row["bits"] for row in numbers["accuracy"]}
+    lines += _kept(sgt_kept(groups, parts["pairs"], bits))
     lines += [
         "",
         f"## {dataset}: randomisation, complexity, robustness",
@@ -158,6 +162,36 @@ def _pairs(pairs: list[dict], test: str) -> list[str]:
             f"| {p['a']} | {p['b']} | {p['metric']} | {p['better']} | "
             f"{100 * p['difference']:+.2f} | {p['p']:.3g} | {'yes' if p['beyond_noise'] else 'no'} "
             f"| {'yes' if p['sgt_better'] else 'no'} |"
+        )
+    return lines
+
+
+def _kept(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+
+    def share(value: float) -> str:
+        return "n/a (no float gain)" if math.isnan(value) else f"{100 * value:.0f}%"
+
+    lines = [
+        "",
+        f"How much of the float SGT gain ({rows[0]['float_sgt']} against {rows[0]['float']}) "
+        "each quantized SGT group keeps, from the means over seeds (F, FS: float without and "
+        "with SGT; Q, QS: quantized). *Own*: (QS - Q) / (FS - F), the gain over its own "
+        "baseline; *from float*: (QS - F) / (FS - F), 100% = as good as the float SGT model. "
+        "Where the float gain is within seed noise, a share divides by a difference the seeds do "
+        "not establish: read the means, not the share.",
+        "",
+        "| QS (Q) | area | better | F | FS | float gain beyond noise | Q | QS | kept, own "
+        "| kept, from float |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        beyond = {True: "yes", False: "no", None: "untested"}[r["float_gain_beyond_noise"]]
+        lines.append(
+            f"| {r['quant_sgt']} ({r['quant']}) | {r['metric']} | {r['better']} | "
+            f"{100 * r['F']:.2f} | {100 * r['FS']:.2f} | {beyond} | {100 * r['Q']:.2f} | "
+            f"{100 * r['QS']:.2f} | {share(r['own'])} | {share(r['vs_float'])} |"
         )
     return lines
 

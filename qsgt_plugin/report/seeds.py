@@ -4,19 +4,21 @@ A group is the set of runs whose resolved recipes are equal once ``train.seed``,
 ``output.dir`` and ``data.root`` are set aside. Two groups form a *pair* when their recipes
 differ in ``sgt.enabled`` only (fp32 vs fp32 + SGT, W4A4 vs W4A4 + SGT): for each faithfulness
 area the report says whether the SGT group's differs beyond seed noise
-(:data:`~qsgt_plugin.attribution.stats.TEST`).
+(:data:`~qsgt_plugin.attribution.stats.TEST`), and, for a quantized pair beside a float one, how
+much of the float model's SGT gain the quantized SGT model keeps (:func:`sgt_kept`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from qsgt_plugin.attribution.faithfulness import auc
 from qsgt_plugin.attribution.stats import compare, summarise
 from qsgt_plugin.run_dir import Run
 
-__all__ = ["PAIRED", "Group", "group_runs", "pair_groups", "scalars"]
+__all__ = ["PAIRED", "Group", "group_runs", "pair_groups", "scalars", "sgt_kept"]
 
 # The faithfulness areas compared between a group and its SGT twin, and which way is better.
 PAIRED = {
@@ -131,5 +133,46 @@ def pair_tests(pairs: list[tuple[Group, Group]], per_run: dict[str, dict]) -> li
             out.append(
                 {"a": plain.label, "b": sgt.label, "metric": name, "better": better, **result,
                  "sgt_better": bool(result["beyond_noise"] and improves)}
+            )  # fmt: skip
+    return out
+
+
+def sgt_kept(groups: dict, pairs: list[dict], bits: dict[str, str]) -> list[dict]:
+    """How much of the float SGT gain each quantized SGT group keeps, per paired area.
+
+    ``groups`` and ``pairs`` are the report's (:func:`aggregate`, :func:`pair_tests`); ``bits``
+    gives each run's bit label (``"fp32"`` for float). With float means ``F`` (no SGT) and
+    ``FS`` (SGT), quantized ``Q`` and ``QS``, for each area:
+
+    - ``own``: ``(QS - Q) / (FS - F)``, the quantized SGT gain over its own baseline as a
+      fraction of the float SGT gain;
+    - ``vs_float``: ``(QS - F) / (FS - F)``, the quantized SGT model measured from the float
+      baseline (1: as good as the float SGT model, 0: no better than the float one without SGT).
+
+    A fraction is NaN where SGT does not improve the area in float (no gain to keep); where the
+    float gain is within seed noise (``float_gain_beyond_noise`` False) the fraction divides by
+    a difference the seeds do not establish, and says little.
+
+    Example: masking AUCs F 30, FS 20, Q 32, QS 24 give own 0.8 and vs_float 0.6.
+    """
+    both = list(dict.fromkeys((p["a"], p["b"]) for p in pairs))  # each pair once, in order
+    float_pairs = [pair for pair in both if bits[groups[pair[0]]["runs"][0]] == "fp32"]
+    quant_pairs = [pair for pair in both if pair not in float_pairs]
+    if len(float_pairs) != 1:  # no float pair, or several: nothing unambiguous to measure from
+        return []
+    (f, fs), out = float_pairs[0], []
+    noise = {p["metric"]: p.get("beyond_noise") for p in pairs if (p["a"], p["b"]) == (f, fs)}
+    for q, qs in quant_pairs:
+        for name, better in PAIRED.items():
+            mean = {label: groups[label][name]["mean"] for label in (f, fs, q, qs)}
+            gain = mean[fs] - mean[f]
+            improves = gain < 0 if better == "lower" else gain > 0
+            out.append(
+                {"float": f, "float_sgt": fs, "quant": q, "quant_sgt": qs, "metric": name,
+                 "better": better, **{k: mean[v] for k, v in
+                                      (("F", f), ("FS", fs), ("Q", q), ("QS", qs))},
+                 "float_gain_beyond_noise": noise.get(name),
+                 "own": (mean[qs] - mean[q]) / gain if improves else math.nan,
+                 "vs_float": (mean[qs] - mean[f]) / gain if improves else math.nan}
             )  # fmt: skip
     return out
