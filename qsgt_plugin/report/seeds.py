@@ -121,6 +121,11 @@ def aggregate(groups: list[Group], per_run: dict[str, dict]) -> dict:
     return out
 
 
+def _improves(difference: float, better: str) -> bool:
+    """Whether ``difference`` (SGT minus without) goes the ``better`` way ("lower" / "higher")."""
+    return difference < 0 if better == "lower" else difference > 0
+
+
 def pair_tests(pairs: list[tuple[Group, Group]], per_run: dict[str, dict]) -> list[dict]:
     """For each pair and paired area: the difference, its p-value, and whether SGT is better."""
     out = []
@@ -129,7 +134,7 @@ def pair_tests(pairs: list[tuple[Group, Group]], per_run: dict[str, dict]) -> li
             a = [per_run[r.name]["scalars"][name] for r in plain.runs]
             b = [per_run[r.name]["scalars"][name] for r in sgt.runs]
             result = compare(a, b)
-            improves = result["difference"] < 0 if better == "lower" else result["difference"] > 0
+            improves = _improves(result["difference"], better)
             out.append(
                 {"a": plain.label, "b": sgt.label, "metric": name, "better": better, **result,
                  "sgt_better": bool(result["beyond_noise"] and improves)}
@@ -166,7 +171,7 @@ def sgt_kept(groups: dict, pairs: list[dict], bits: dict[str, str]) -> list[dict
         for name, better in PAIRED.items():
             mean = {label: groups[label][name]["mean"] for label in (f, fs, q, qs)}
             gain = mean[fs] - mean[f]
-            improves = gain < 0 if better == "lower" else gain > 0
+            improves = _improves(gain, better)
             out.append(
                 {"float": f, "float_sgt": fs, "quant": q, "quant_sgt": qs, "metric": name,
                  "better": better, **{k: mean[v] for k, v in
