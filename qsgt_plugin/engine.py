@@ -46,9 +46,15 @@ from qsgt_plugin.run_dir import (
     restore_training,
     training_payload,
 )
-from qsgt_plugin.step import CompiledStep, make_train_step, resolve_auto
+from qsgt_plugin.step import (
+    CompiledStep,
+    make_train_step,
+    resolve_auto,
+    resolve_channels_last,
+    resolve_precision,
+)
 
-__all__ = ["RunResult", "preflight", "train"]
+__all__ = ["RunResult", "preflight", "resolve_speed", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,16 @@ def preflight(recipe: Recipe, resume: bool, overwrite: bool, world: int = 1) -> 
     return recipe
 
 
+def resolve_speed(recipe: Recipe, device: torch.device) -> Recipe:
+    """The recipe with ``train.precision`` and ``train.channels_last`` resolved for ``device``."""
+    t = recipe.train
+    update = {
+        "precision": resolve_precision(t.precision, device),
+        "channels_last": resolve_channels_last(t.channels_last, device),
+    }
+    return recipe.model_copy(update={"train": t.model_copy(update=update)})
+
+
 def _check_world(recipe: Recipe, world: int) -> None:
     """Every process needs at least one image of every batch, the epoch's last one included."""
     if world <= 1:
@@ -134,16 +150,18 @@ def _check_world(recipe: Recipe, world: int) -> None:
 def _setup(recipe: Recipe, dd: Distributed, resume: bool) -> Session:
     """Build and check everything the recipe describes; nothing is written."""
     device = dd.device(resolve_device(recipe.train.device))
+    recipe = resolve_speed(recipe, device)  # the run records what "auto" meant here
     run = RunDir(Path(recipe.output.dir), writer=dd.main)
     payload = run.resume_payload() if resume else None
     changes = resume_changes(payload["recipe"], recipe) if payload else None
     torch.manual_seed(recipe.train.seed)
-    fast = recipe.train.fast_path is not False  # auto: on (channels-last is faster on CPUs too)
-    train_loader = make_loader(recipe, True, device, shard=(dd.rank, dd.world), fast=fast)
-    test_loader = make_loader(recipe, False, device, fast=fast)
+    fast = recipe.train.fast_path is not False  # auto: on
+    layout = dict(fast=fast, channels_last=recipe.train.channels_last)
+    train_loader = make_loader(recipe, True, device, shard=(dd.rank, dd.world), **layout)
+    test_loader = make_loader(recipe, False, device, **layout)
     example = example_batch(recipe.data.dataset)
     model = build_model(recipe.model.name, recipe.model.kwargs, recipe.quant, example).to(device)
-    if fast:
+    if recipe.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if payload:  # weights before the optimizer: it must hold the parameters that train
         load_weights(payload, model)
@@ -161,7 +179,9 @@ def _setup(recipe: Recipe, dd: Distributed, resume: bool) -> Session:
     step = CompiledStep(
         model,
         lambda m: dd.wrap(m, device),
-        lambda m: make_train_step(m, optimizer, criterion, make_sgt(m, recipe.sgt)),
+        lambda m: make_train_step(
+            m, optimizer, criterion, make_sgt(m, recipe.sgt), recipe.train.precision
+        ),
         resolve_auto(recipe.train.compile, device),
     )
     total_steps = recipe.train.max_steps or recipe.train.epochs * len(train_loader)
@@ -188,7 +208,13 @@ def _fit(s: Session) -> RunResult:
     else:  # the starting point of the alpha trajectories
         s.run.log(dict(kind="init", epoch=0.0, step=0, lr=_lr(s), alphas=_alpha_values(s.model)))
     if s.dd.main:
-        log.info("training path: %s", "compiled (torch.compile)" if s.step.compiled else "eager")
+        t = s.recipe.train
+        log.info(
+            "training path: %s, %s, %s",
+            "compiled (torch.compile)" if s.step.compiled else "eager",
+            "bf16 autocast" if t.precision == "bf16" else "float32",
+            "channels-last" if t.channels_last else "contiguous",
+        )
     s.started = time.time() - p.elapsed
     while p.step < s.total_steps:
         _train_epoch(s)

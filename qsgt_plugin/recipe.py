@@ -134,8 +134,15 @@ class TrainSection(_Section):
     included (timm's ModelEmaV3, with warm-up); the average is what is evaluated and saved as
     the checkpoints' model. None: off."""
     fast_path: Literal["auto"] | bool = "auto"
-    """Dataset on the device as uint8, augmentation there, channels-last; auto: on (channels-last
-    is faster on the CPU as well)."""
+    """Dataset on the device as uint8, augmentation there in batches; auto: on."""
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    """Forward passes of training (SGT's included) under bf16 autocast, or float32; auto: bf16
+    where the device has it natively (CPUs with AVX512-BF16 or AMX, CUDA from compute capability
+    8.0). Evaluation, export and the attribution metrics stay float32. The run's recipe.yaml
+    records what auto resolved to."""
+    channels_last: Literal["auto"] | bool = "auto"
+    """Model and batches in channels-last memory; auto: on (CPU and CUDA, where it measured
+    faster). The run's recipe.yaml records what auto resolved to."""
     compile: Literal["auto"] | bool = "auto"
     """torch.compile the model (eager if that fails, with a log line); auto: on CUDA."""
 

@@ -32,6 +32,8 @@ RESUMABLE = (
     "train.checkpoint_every",
     "train.device",
     "train.fast_path",
+    "train.precision",
+    "train.channels_last",
     "train.compile",
     "data.root",
     "data.eval_batch_size",

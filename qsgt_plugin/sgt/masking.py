@@ -8,6 +8,7 @@ those positions are replaced in every channel.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -81,11 +82,23 @@ def ranking(
     """
     n, p = scores.shape
     if generator is None:
-        generator = torch.Generator(device=scores.device).manual_seed(TIE_SEED)
-    noise = torch.rand(n, p, generator=generator, device=generator.device)
-    permutation = noise.argsort(dim=1).to(scores.device)
+        permutation = _default_permutation(n, p, scores.device)
+    else:
+        noise = torch.rand(n, p, generator=generator, device=generator.device)
+        permutation = noise.argsort(dim=1).to(scores.device)
     order = scores.gather(1, permutation).sort(dim=1, descending=descending, stable=True).indices
     return permutation.gather(1, order)
+
+
+@functools.lru_cache(maxsize=8)
+def _default_permutation(n: int, p: int, device: torch.device) -> Tensor:
+    """The tie-breaking permutations of a generator seeded with :data:`TIE_SEED`.
+
+    The same every call, so they are drawn once per shape: SGT ranks every training batch.
+    """
+    generator = torch.Generator(device=device).manual_seed(TIE_SEED)
+    noise = torch.rand(n, p, generator=generator, device=device)
+    return noise.argsort(dim=1)
 
 
 def tie_fraction(scores: Tensor) -> Tensor:

@@ -134,7 +134,7 @@ class SaliencyGuidedTraining:
             x = x.detach().requires_grad_()
         logits = self.model(x)
         _check_labels(y, logits)
-        ce = criterion(logits, y)
+        ce = criterion(logits.float(), y)  # under bf16 autocast the logits are bf16
         if not self.active:
             return ce
         self.last = {"ce": ce.detach()}
@@ -175,9 +175,10 @@ class SaliencyGuidedTraining:
         else:
             saliency = self.saliency(x, y)
         masked_logits = self.model(self.masked_input(x, y, saliency))
+        # In float32 whatever autocast made of the logits: log_softmax stays bf16 on the CPU.
         kl = F.kl_div(
-            F.log_softmax(masked_logits, dim=1),
-            F.log_softmax(logits, dim=1),
+            F.log_softmax(masked_logits.float(), dim=1),
+            F.log_softmax(logits.float(), dim=1),
             log_target=True,
             reduction="batchmean",
         )
