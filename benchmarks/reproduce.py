@@ -62,6 +62,34 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
     # device has it, channels-last), beside the float32 rows above it (recorded before that
     # default existed, their recipes hold no train.precision).
     out["mnist-w4a4-sgt-bf16"] = ("recipes/mnist-resnet20-w4a4-sgt.yaml", ["train.precision=bf16"])
+    # CIFAR-10 on the CPU: a float parent per seed, fine-tunings from the parent of the same
+    # seed ("{seed}" is filled in), PACT + SGT at other widths from the seed-0 parent, and W4A4
+    # + SGT from scratch for as many epochs as the parent and a fine-tuning together.
+    parent = "recipes/cifar10-resnet20-fp32-cpu.yaml"
+    out["cifar10-fp32-cpu"] = (parent, [])
+    init = "model.init_from=results/cifar10/cifar10-fp32-cpu-s{seed}"
+    for variant in ("w4a4", "w4a4-sgt", "fp32-sgt"):
+        recipe = f"recipes/finetune/cifar10-resnet20-{variant}-finetune.yaml"
+        out[f"cifar10-{variant}-ft"] = (recipe, [init])
+    for bits in (2, 3, 8):
+        out[f"cifar10-w{bits}a{bits}-sgt-ft"] = (
+            "recipes/finetune/cifar10-resnet20-w4a4-sgt-finetune.yaml",
+            [
+                "model.init_from=results/cifar10/cifar10-fp32-cpu-s0",
+                f"quant.weight_bits={bits}",
+                f"quant.act_bits={bits}",
+            ],
+        )
+    out["cifar10-w4a4-sgt-scratch"] = (
+        parent,
+        [
+            "quant.enabled=true",
+            "quant.alpha_init=calibrate",
+            "sgt.enabled=true",
+            "sgt.mask_fraction=0.1",
+            "train.epochs=88",
+        ],
+    )
     # Fine-tunings of the MNIST W4A4 + SGT seed-0 run: the mixed-precision recipe that
     # `qsgt mixed-precision` wrote at uniform W3A3's size, and uniform W3A3 itself.
     for name, recipe in (
@@ -119,6 +147,7 @@ def _rows(text: str) -> list[dict[str, str]]:
 def run(name: str, seed: int, extra: list[str], quick: bool, results: Path, out_root: Path):
     recipe_path, overrides = EXPERIMENTS[name]
     run_dir = out_root / f"{name}-s{seed}"
+    overrides = [o.format(seed=seed) for o in overrides]
     sets = [*overrides, f"train.seed={seed}", *extra, *(QUICK if quick else [])]
     recipe = load_recipe(ROOT / recipe_path, [*sets, f"output.dir={run_dir}"])
     resume = (run_dir / "last.pt").exists() and not quick
