@@ -23,6 +23,7 @@ Every path uses the engine's optimizer groups (weights, and the clipping levels 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -34,7 +35,7 @@ import qsgt_plugin
 from qsgt_plugin import SaliencyGuidedTraining
 from qsgt_plugin.build import make_optimizer
 from qsgt_plugin.recipe import OptimSection
-from qsgt_plugin.step import make_train_step, resolve_channels_last, resolve_precision
+from qsgt_plugin.step import CompiledStep, make_train_step, resolve_channels_last, resolve_precision
 
 SGT_TARGETS = {"captum": 2.8, "fused": 2.4}  # CPU targets of SGT / plain step time
 SPEEDUP_TARGETS = {("fp32", "plain"): 1.9, ("w4a4", "captum"): 1.7, ("w4a4", "fused"): 1.7}
@@ -70,24 +71,53 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(device: torch.device, batch: int) -> dict:
-    """A step per (path, model, mode), each on a model and a batch of its own."""
+def build(device: torch.device, batch: int, compiled: bool = False) -> dict:
+    """A step per (path, model, mode), each on a model and a batch of its own.
+
+    ``compiled`` adds the ``auto`` path with the model compiled (``auto+compile``), as
+    ``train.compile: true`` runs it (eager if compilation fails, with a log line).
+    """
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
+    variants = dict(paths(device))
+    if compiled:
+        variants["auto+compile"] = variants["auto"]
     steps = {}
-    for path, (precision, channels_last, foreach) in paths(device).items():
+    for path, (precision, channels_last, foreach) in variants.items():
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         xp = x.contiguous(memory_format=fmt)
         for name in MODELS:
             for mode in MODES:
-                torch.manual_seed(0)
-                model = timm.create_model("resnet20", num_classes=10)
-                if name == "w4a4":
-                    model = qsgt_plugin.convert(model, bits=4)
-                model = model.to(device, memory_format=fmt).train()
-                steps[path, name, mode] = make_step(model, mode, precision, xp, y, foreach)
+                model = new_model(name, device, fmt)
+                if path == "auto+compile":
+                    runner = CompiledStep(
+                        model,
+                        lambda m: m,
+                        functools.partial(
+                            _engine_step, model=model, mode=mode, precision=precision
+                        ),
+                        compile=True,
+                    )
+                    steps[path, name, mode] = functools.partial(runner, xp, y)
+                else:
+                    steps[path, name, mode] = make_step(model, mode, precision, xp, y, foreach)
     return steps
+
+
+def new_model(name: str, device: torch.device, fmt: torch.memory_format) -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20", num_classes=10)
+    if name == "w4a4":
+        model = qsgt_plugin.convert(model, bits=4)
+    return model.to(device, memory_format=fmt).train()
+
+
+def _engine_step(runner: nn.Module, *, model: nn.Module, mode: str, precision: str):
+    """The step on ``runner`` (the compiled model) with the optimizer of ``model``."""
+    opt = make_optimizer(model, OptimSection(lr=0.01))
+    sgt = None if mode == "plain" else SaliencyGuidedTraining(runner, 0.1, fused=mode == "fused")
+    return make_train_step(runner, opt, nn.CrossEntropyLoss(), sgt, precision=precision)
 
 
 def main() -> None:
@@ -98,13 +128,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="batch 16, 2 rounds: a smoke run")
+    parser.add_argument("--compile", action="store_true", help="add the compiled auto path")
     args = parser.parse_args()
     if args.quick:
         args.batch, args.rounds, args.warmup = 16, 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    steps = build(device, args.batch)
+    steps = build(device, args.batch, args.compile)
     resolved = paths(device)["auto"]
     print(
         f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
@@ -114,6 +145,8 @@ def main() -> None:
     ms = measure(steps, args.rounds, args.warmup, device)
     report_sgt(ms)
     report_paths(ms, args.batch)
+    if args.compile:
+        report_compiled(ms, args.batch)
 
 
 def measure(steps: dict, rounds: int, warmup: int, device: torch.device) -> dict:
@@ -149,6 +182,17 @@ def report_sgt(ms: dict) -> None:
         f"CPU targets: SGT/plain <= {SGT_TARGETS['captum']} (Captum path), "
         f"<= {SGT_TARGETS['fused']} (fused path)"
     )
+
+
+def report_compiled(ms: dict, batch: int) -> None:
+    """Images/s of the compiled auto path against the eager one."""
+    print("\nimages/s, auto eager and compiled (torch.compile; eager if it fails: see the log)")
+    print(f"{'model':6s} {'step':7s} {'eager':>7s} {'compiled':>9s} {'ratio':>6s}")
+    for name in MODELS:
+        for mode in MODES:
+            eager = 1e3 * batch / ms["auto", name, mode]
+            compiled = 1e3 * batch / ms["auto+compile", name, mode]
+            print(f"{name:6s} {mode:7s} {eager:7.0f} {compiled:9.0f} {compiled / eager:6.2f}")
 
 
 def report_paths(ms: dict, batch: int) -> None:

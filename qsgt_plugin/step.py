@@ -147,6 +147,9 @@ class CompiledStep:
             # instance separately and, past its default limit of 8, silently runs the rest eagerly.
             limit = torch._dynamo.config.recompile_limit
             torch._dynamo.config.recompile_limit = max(limit, 64)
+            # SGT's fused path takes the input gradient with retain_graph=True before the
+            # step's backward; AOTAutograd's donated buffers (a memory saving) forbid that.
+            torch._functorch.config.donated_buffer = False
         self.runner = wrap(torch.compile(model) if compile else model)
         self.step = build(self.runner)
         self._checked = not compile
