@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from qsgt_plugin.data import DATASETS, Loader, load_split
-from qsgt_plugin.errors import RecipeError
+from qsgt_plugin.errors import RecipeError, UsageError
 from qsgt_plugin.plugins import convert, get_registry
 from qsgt_plugin.quant import alphas, calibrate_alphas
 from qsgt_plugin.recipe import (
@@ -33,6 +33,7 @@ __all__ = [
     "CALIBRATION_KEYS",
     "build_model",
     "calibrate",
+    "check_buildable",
     "check_recipe",
     "lr_factor",
     "make_criterion",
@@ -90,6 +91,21 @@ def check_recipe(recipe: Recipe) -> Recipe:
     if problems:
         raise RecipeError("invalid recipe:\n" + "\n".join(f"  - {p}" for p in problems))
     return recipe.model_copy(update={"model": recipe.model.model_copy(update={"kwargs": kwargs})})
+
+
+def check_buildable(recipe: Recipe) -> None:
+    """Build the recipe's model, quantization and SGT objective once, on the CPU, and drop them.
+
+    What only building tells (override patterns that match no layer, a clipping level below
+    the quantizer's floor, an unknown attribution method) is then reported before anything
+    about the output directory, and before any data is read.
+
+    Raises:
+        RecipeError: what :func:`build_model` or :func:`make_sgt` refuses.
+    """
+    example = example_batch(recipe.data.dataset)
+    model = build_model(recipe.model.name, recipe.model.kwargs, recipe.quant, example)
+    make_sgt(model, recipe.sgt)
 
 
 def example_batch(dataset: str, n: int = 2) -> Tensor:
@@ -236,19 +252,30 @@ def make_loader(
     fast: bool = False,
     calibration: bool = False,
     channels_last: bool = False,
+    offset: int = 0,
 ) -> Loader:
     """The recipe's train or test split; ``limit`` keeps its first images (after the subset).
 
     ``shard`` is this process's ``(rank, world)`` in a distributed run (training split only);
     ``fast`` keeps the split on the device; ``channels_last`` produces channels-last batches;
-    ``calibration`` gives the training images in order, unaugmented, in evaluation batches.
+    ``calibration`` gives the training images in order, unaugmented, in evaluation batches;
+    ``offset`` drops the split's first images (before ``limit``).
+
+    Raises:
+        UsageError: an ``offset`` that leaves no image.
     """
     data = recipe.data
     info = DATASETS[data.dataset]
     images, labels = load_split(data.dataset, train, data.root, verify=data.verify)
     subset = data.train_subset if train else data.test_subset
-    keep = min(n for n in (subset, limit, len(labels)) if n is not None)
-    images, labels = images[:keep], labels[:keep]
+    keep = min(n for n in (subset, len(labels)) if n is not None)
+    if offset >= keep:
+        raise UsageError(
+            f"--offset {offset}: the {data.dataset} {'training' if train else 'test'} split has "
+            f"{keep} images; use an offset below {keep}"
+        )
+    end = keep if limit is None else min(keep, offset + limit)
+    images, labels = images[offset:end], labels[offset:end]
     layout = dict(device=device, resident=fast, channels_last=channels_last)
     if not train or calibration:
         return Loader(images, labels, data.eval_batch_size, info.mean, info.std, **layout)

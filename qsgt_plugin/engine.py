@@ -22,6 +22,7 @@ from tqdm import tqdm
 from qsgt_plugin.build import (
     build_model,
     calibrate,
+    check_buildable,
     check_recipe,
     example_batch,
     make_criterion,
@@ -97,6 +98,7 @@ class Session:
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Run the experiment a recipe describes; see the module docstring for what it writes."""
     recipe = check_recipe(recipe)
+    check_buildable(recipe)  # the recipe's own errors before anything about the directory
     RunDir.check(Path(recipe.output.dir), resume, overwrite)
     dd = setup(resolve_device(recipe.train.device))
     try:
@@ -115,6 +117,7 @@ def preflight(recipe: Recipe, resume: bool, overwrite: bool, world: int = 1) -> 
     ``qsgt train --nproc N`` calls it before starting any rank, so a user error prints once.
     """
     recipe = check_recipe(recipe)
+    check_buildable(recipe)
     RunDir.check(Path(recipe.output.dir), resume, overwrite)
     _check_world(recipe, world)
     cpu = recipe.model_copy(update={"train": recipe.train.model_copy(update={"device": "cpu"})})

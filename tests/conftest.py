@@ -11,7 +11,48 @@ import torch
 DATA_FILES = ("MNIST/raw/t10k-images-idx3-ubyte", "cifar-10-batches-py/test_batch")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+# Tools' own folders: what the suite may create in the working tree.
+_TOOL_DIRS = {".git", ".venv", ".ci-venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
+_TOOL_DIRS |= {".hypothesis"}
+
+
+def working_tree() -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime)}`` of every file of the checkout but tools' caches."""
+    files = {}
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in _TOOL_DIRS and not d.endswith(".egg-info")]
+        for name in names:
+            path = Path(folder) / name
+            stat = path.stat()
+            files[str(path.relative_to(ROOT))] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_TREE] = working_tree()
+    _require_data()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A suite that leaves the working tree changed fails: runs go to temporary folders."""
+    before = session.config.stash.get(_TREE, None)
+    if before is None:
+        return
+    after = working_tree()
+    changed = sorted(p for p in after.keys() | before.keys() if after.get(p) != before.get(p))
+    if changed:
+        shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if changed[10:] else "")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"the tests changed the working tree: {shown}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_TREE = pytest.StashKey[dict]()
+
+
+def _require_data() -> None:
     if not os.environ.get("QSGT_REQUIRE_DATA"):
         return
     root = os.environ.get("QSGT_DATA")

@@ -255,6 +255,35 @@ def test_hostile_input_is_one_line_and_exit_2(argv, expected, tmp_path, runs, ca
     assert not (tmp_path / "run").exists()  # validated before the disk is touched
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("sgt.attribution=Salency", "sgt: unknown attribution method 'Salency'"),
+        ("quant.overrides={nothing*: {act_bits: 8}}", "match no Conv/Linear/ReLU layer"),
+        ("quant.alpha_init=0.0005", "alpha_init must be greater than 0.001"),
+        ("model.name=resnet2O", "model.name: unknown model 'resnet2O'"),
+    ],
+)
+def test_a_recipe_error_is_told_before_the_occupied_output_folder(
+    override, expected, tmp_path, capsys
+):
+    """A newcomer who ran the quick start and then mistyped a setting is told the mistake,
+    not that the folder holds a run; the folder's run is left exactly as it was."""
+    out = tmp_path / "quickstart"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"a finished run")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    status = main(["train", QUICKSTART, "--set", override, "--set", f"output.dir={out}"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert expected in err and "already holds a run" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # without the mistake, the folder is what stops it (nothing is overwritten)
+    assert main(["train", QUICKSTART, "--set", f"output.dir={out}"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_a_bug_is_exit_1_with_a_pointer_to_debug(tmp_path, capsys, monkeypatch):
     import qsgt_plugin.engine
 
