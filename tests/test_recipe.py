@@ -115,13 +115,19 @@ def test_shipped_recipes_validate(path):
     raw = yaml.safe_load(path.read_text())
     if path.stem != "quickstart":
         dataset, _, variant = path.stem.split("-", 2)
-        variant = variant.removesuffix("-fast")
+        variant = variant.removesuffix("-fast").removesuffix("-cpu")
         assert recipe.data.dataset == dataset
         assert recipe.quant.enabled == variant.startswith("w4a4")
         assert recipe.sgt.enabled == variant.endswith("sgt")
-        assert recipe.sgt.mask_fraction == (0.5 if dataset == "mnist" else 0.1)
-        assert raw["model"]["kwargs"].get("in_chans", 3) == (1 if dataset == "mnist" else 3)
-    if path.stem.endswith("-fast"):  # the GPU recipe: the fast trainers' ingredients, all on
+        if recipe.sgt.enabled:
+            assert recipe.sgt.mask_fraction == (0.5 if dataset == "mnist" else 0.1)
+        kwargs = raw["model"].get("kwargs", {})
+        assert kwargs.get("in_chans", 3) == (1 if dataset == "mnist" else 3)
+    if path.stem.endswith("-cpu"):  # the CPU parent: the fast trainers' ingredients
+        assert recipe.data.flip == "alternate" and recipe.data.crop_padding in (None, 4)
+        assert recipe.train.ema and recipe.train.label_smoothing > 0 and recipe.optim.nesterov
+        assert recipe.schedule.name == "onecycle" and recipe.train.precision == "auto"
+    elif path.stem.endswith("-fast"):  # the GPU recipe: the fast trainers' ingredients, all on
         assert recipe.quant.alpha_init == "calibrate" and recipe.data.flip == "alternate"
         assert recipe.train.ema and recipe.train.label_smoothing > 0 and recipe.optim.nesterov
         assert recipe.schedule.name == "onecycle"
@@ -228,3 +234,25 @@ def test_label_smoothing_and_nesterov_reach_the_criterion_and_optimizer():
     model = torch.nn.Linear(3, 2)
     (group,) = make_optimizer(model, OptimSection(nesterov=True, momentum=0.8)).param_groups
     assert group["nesterov"] is True and group["momentum"] == 0.8
+
+
+@pytest.mark.parametrize(
+    "path", sorted((RECIPES / "finetune").glob("cifar10-*.yaml")), ids=lambda p: p.stem
+)
+def test_cifar10_fine_tunings_start_from_the_float_parent_in_at_most_8_epochs(path):
+    recipe = check_recipe(load_recipe(path))
+    parent = check_recipe(load_recipe(RECIPES / "cifar10-resnet20-fp32-cpu.yaml"))
+    assert recipe.name == path.stem and recipe.output.dir == f"runs/{path.stem}"
+    assert recipe.model.init_from == "results/cifar10/cifar10-fp32-cpu-s0"
+    assert recipe.train.epochs <= 8 and recipe.optim.lr == pytest.approx(parent.optim.lr / 10)
+    assert not parent.quant.enabled and not parent.sgt.enabled
+    variant = path.stem.removeprefix("cifar10-resnet20-").removesuffix("-finetune")
+    assert recipe.quant.enabled == variant.startswith("w4a4")
+    assert recipe.sgt.enabled == variant.endswith("sgt")
+    if recipe.quant.enabled:
+        assert recipe.quant.alpha_init == "calibrate"
+        assert (recipe.quant.weight_bits, recipe.quant.act_bits) == (4, 4)
+    if recipe.sgt.enabled:
+        assert recipe.sgt.mask_fraction == 0.1
+    # the same data and augmentation as the parent: only the model and the rate change
+    assert recipe.data == parent.data
