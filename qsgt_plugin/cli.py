@@ -155,6 +155,7 @@ def _report(args: argparse.Namespace) -> int:
         args.out,
         images=args.images,
         curve_images=None if args.curve_images == 0 else args.curve_images,
+        offset=args.offset,
         method=args.method,
         mprt_images=args.mprt_images,
         data_root=args.data_root,

@@ -150,6 +150,13 @@ def _analyses(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
         help="test images of every curve and metric (1000; 0 = all)",
     )
     p.add_argument(
+        "--offset",
+        type=_count(0),
+        default=0,
+        help="index of the first test image of the metrics (0): another --offset gives a "
+        "disjoint held-out subset, e.g. --curve-images 1000 --offset 1000",
+    )
+    p.add_argument(
         "--mprt-images",
         type=_count(1),
         help="images of the randomisation test (default: --curve-images)",

@@ -55,6 +55,7 @@ class DatasetInfo:
     flip: str
     """Horizontal flips of the default augmentation (digits are not mirrored)."""
     num_classes: int = 10
+    test_size: int = 10_000
 
 
 DATASETS: dict[str, DatasetInfo] = {

@@ -74,8 +74,11 @@ def test_zoo_forward_backward_levels_and_alpha_gradients(name, bits):
         assert record["output"].unique().numel() <= 2**bits
         # PACT: d loss / d alpha = the output gradient summed where the input reaches alpha
         alpha = next(p for p in module.act_quant.parameters() if p.dim() == 0)
-        expected = record["grad_output"][record["input"] >= alpha.detach()].sum()
-        torch.testing.assert_close(alpha.grad, expected, rtol=1e-4, atol=1e-5)
+        clipped = record["grad_output"][record["input"] >= alpha.detach()]
+        # float32 sums of many signed terms in another order: the error scales with the terms'
+        # magnitudes, not with the (cancelling) sum
+        tolerance = 1e-5 + 1e-5 * clipped.abs().sum().item()
+        torch.testing.assert_close(alpha.grad, clipped.sum(), rtol=0, atol=tolerance)
     moving = sum(bool(a.grad.abs() > 0) for a in alphas(qmodel).values())
     assert moving >= 0.9 * len(seen)  # only a few saturated layers see no clipped input
     grads = [p.grad for p in qmodel.parameters() if p.requires_grad]

@@ -272,7 +272,7 @@ def test_the_share_of_the_float_sgt_gain_a_quantized_sgt_model_keeps():
         for label, mean in means.items()
     }
     pairs = [
-        {"a": a, "b": b, "metric": m, "beyond_noise": a == "fp32" and m == "masking_auc"}
+        {"a": a, "b": b, "metric": m, "finding": a == "fp32" and m == "masking_auc"}
         for m in PAIRED
         for a, b in (("fp32", "fp32+SGT"), ("w4a4", "w4a4+SGT"))
     ]

@@ -108,7 +108,7 @@ def test_report_embeds_every_figure_and_saves_every_number(runs, tmp_path, capsy
             "deletion-insertion-mnist.png",
             "road-mnist.png",
             "mprt-mnist.png",
-            "alpha-w4a4.png",
+            "alpha-mnist-w4a4.png",
         ]
     )
     for figure in figures:
@@ -148,3 +148,79 @@ def test_the_suite_timing_benchmark_runs(runs):
     for metric in ("deletion_insertion", "road", "mprt", "random_logit", "total"):
         assert re.search(rf"^{metric} +\d+\.\d$", out, re.M) or metric == "total", metric
     assert re.search(r"^total +\d+\.\d +\(target <= 300 s", out, re.M)
+
+
+@pytest.fixture(scope="session")
+def cifar_runs(tmp_path_factory) -> dict[str, Path]:
+    """fp32 and fp32 + SGT ResNet-20s on real CIFAR-10, seeds 0 and 1, 40 steps each."""
+    root = tmp_path_factory.mktemp("cifar")
+    paths = {}
+    for sgt in (False, True):
+        for seed in (0, 1):
+            name = f"fp32{'-sgt' if sgt else ''}-s{seed}"
+            recipe = Recipe.model_validate(
+                {
+                    "model": {"name": "resnet20"},
+                    "quant": {"enabled": False},
+                    "sgt": {"enabled": sgt, "mask_fraction": 0.1},
+                    "data": {"dataset": "cifar10", "batch_size": 64, "test_subset": 300},
+                    "train": {"max_steps": 40, "log_every": 20, "seed": seed},
+                    "output": {"dir": str(root / name)},
+                }
+            )
+            paths[name] = train(recipe).run_dir
+    return paths
+
+
+def test_the_report_on_three_channel_images_tests_pairs_corrected_over_seeds_and_images(
+    cifar_runs, tmp_path
+):
+    out = tmp_path / "report"
+    paths = [str(p) for p in cifar_runs.values()]
+    args = ["report", *paths, "--out", str(out), "--images", "3", "--curve-images", "40"]
+    assert main([*args, "--offset", "200", "--mprt-images", "8"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_images"] == {"offset": 200, "count": 40}
+    suite = metrics["runs"]["fp32-s0"]["suite"]
+    assert suite["images"] == 40
+    per_image, scalars = suite["per_image"], metrics["runs"]["fp32-s0"]["scalars"]
+    for name in ("masking_auc", "deletion_auc", "insertion_auc", "road_morf_auc", "gini"):
+        assert len(per_image[name]) == 40
+        assert sum(per_image[name]) / 40 == pytest.approx(scalars[name], abs=1e-4), name
+    assert len(per_image["mprt_mean"]) == 8
+    assert "per_image" not in suite["mprt"]  # the per-layer matrix is not kept
+    pairs = metrics["datasets"]["cifar10"]["pairs"]
+    assert len(pairs) == 9  # one pair x the paired areas: one family
+    from qsgt_plugin.report.statistics import holm
+
+    assert [p["p_holm"] for p in pairs] == pytest.approx(holm([p["p"] for p in pairs]))
+    for p in pairs:
+        assert p["seeds"] == [2, 2] and p["images"] == (
+            [8, 8] if "mprt" in p["metric"] else [40, 40]
+        )
+        low, high = p["bootstrap_ci95"]
+        assert low <= high and p["p_holm"] >= p["p"]
+        assert p["finding"] == (p["beyond_noise"] and p["holds_over_images"])
+    text = (out / "report.md").read_text()
+    assert "indices 200..239" in text and "p, Holm" in text and "9 tests, one family" in text
+    assert (out / "attributions-cifar10.png").read_bytes()[:8] == PNG
+
+
+def test_a_copied_run_is_not_a_second_seed(cifar_runs, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy-of-s0"
+    shutil.copytree(cifar_runs["fp32-s0"], copy)
+    paths = [str(cifar_runs["fp32-s0"]), str(copy), str(cifar_runs["fp32-sgt-s0"])]
+    assert main(["report", *paths, "--out", str(tmp_path / "r"), "--curve-images", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "same recipe with the same seed (0)" in err and "copy-of-s0" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_offset_past_the_test_split_is_refused(cifar_runs, tmp_path, capsys):
+    args = ["report", str(cifar_runs["fp32-s0"]), "--out", str(tmp_path / "r")]
+    assert main([*args, "--offset", "300"]) == 2
+    assert (
+        "the cifar10 test split has 300 images; use an offset below 300" in capsys.readouterr().err
+    )

@@ -67,6 +67,12 @@ def top_mask(order: Tensor, fraction: float, shape: torch.Size | tuple[int, ...]
     return mask.view(n, h, w)
 
 
+PER_IMAGE = ("masking", "deletion", "deletion_normalised", "insertion", "insertion_normalised")
+"""Curves of the saliency ranking whose area :class:`DeletionInsertion` keeps image by image
+(``masking``: whether the image is still classified right, the deletion pass against the
+labels); their mean is the area of the mean curve."""
+
+
 class DeletionInsertion:
     """Sums of the deletion / insertion curves over batches (see the module docstring)."""
 
@@ -89,6 +95,8 @@ class DeletionInsertion:
         }
         self.correct = torch.zeros(shape)  # deletion, against the labels
         self.images = 0
+        # the saliency ranking's curves image by image, (images, fractions) per batch
+        self.rows: dict[str, list[Tensor]] = {key: [] for key in PER_IMAGE}
 
     @torch.no_grad()
     def add(self, model: nn.Module, x: Tensor, y: Tensor, predicted: Tensor, saliency: Tensor):
@@ -97,6 +105,7 @@ class DeletionInsertion:
         base = substrate(x, self.substrate_kind, self.fill_value)
         clean_logits, base_logits = model(x), model(base)
         clean = class_probability(clean_logits, predicted).clamp(min=1e-12)
+        rows = {key: torch.zeros(len(x), len(self.fractions)) for key in PER_IMAGE}
         for r, scores in enumerate((flat, torch.zeros_like(flat))):  # saliency, random
             order = ranking(scores, generator=self.generator)
             for i, t in enumerate(self.fractions.tolist()):
@@ -113,6 +122,13 @@ class DeletionInsertion:
                     self.sums[f"{curve}_n"][r, i] += (p / clean).sum().cpu()
                     if curve == "deletion":
                         self.correct[r, i] += correct_count(logits, y).cpu()
+                    if r == 0:
+                        rows[curve][:, i] = p.float().cpu()
+                        rows[f"{curve}_normalised"][:, i] = (p / clean).float().cpu()
+                        if curve == "deletion":
+                            rows["masking"][:, i] = (logits.argmax(1) == y).float().cpu()
+        for key, values in rows.items():
+            self.rows[key].append(values)
         self.images += len(x)
 
     def result(self) -> dict:
@@ -128,6 +144,11 @@ class DeletionInsertion:
                 areas = out["auc_normalised" if key.endswith("_n") else "auc"]
                 areas[curve] = {r: auc(v, fractions) for r, v in means.items()}
         out["accuracy"] = self._means(self.correct)
+        out["per_image_auc"] = {
+            key: torch.trapezoid(torch.cat(rows), self.fractions).tolist()
+            for key, rows in self.rows.items()
+            if rows
+        }
         return out
 
     def _means(self, sums: Tensor) -> dict[str, list[float]]:

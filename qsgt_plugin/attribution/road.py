@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qsgt_plugin.attribution.faithfulness import auc, top_mask
-from qsgt_plugin.evaluation import correct_count
 from qsgt_plugin.sgt.masking import ranking, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
 from qsgt_plugin.utils import eval_mode
@@ -125,25 +124,33 @@ class Road:
         self.generator = torch.Generator().manual_seed(seed)
         self.correct = {k: torch.zeros(len(fractions)) for k in ("morf", "lerf", "random")}
         self.images = 0
+        self.rows: dict[str, list[Tensor]] = {"morf": [], "lerf": []}  # (images, fractions)
 
     @torch.no_grad()
     def add(self, model: nn.Module, x: Tensor, y: Tensor, saliency: Tensor) -> None:
         """One batch and its ``(N, H, W)`` saliency; the model in eval mode."""
         flat = saliency.flatten(1)
-        clean = correct_count(model(x), y).cpu()
+        clean_right = (model(x).argmax(1) == y).float().cpu()
+        clean = clean_right.sum()
         orders = {
             "morf": ranking(flat, descending=True, generator=self.generator),
             "lerf": ranking(flat, descending=False, generator=self.generator),
             "random": ranking(torch.zeros_like(flat), generator=self.generator),
         }
         for curve, order in orders.items():
+            rows = torch.zeros(len(y), len(self.fractions))
             for i, t in enumerate(self.fractions):
                 if t == 0:
                     self.correct[curve][i] += clean
+                    rows[:, i] = clean_right
                     continue
                 removed = top_mask(order, t, saliency.shape)
                 imputed = linear_imputation(x, removed, self.noise, self.generator)
-                self.correct[curve][i] += correct_count(model(imputed), y).cpu()
+                right = model(imputed).argmax(1) == y
+                self.correct[curve][i] += right.sum().cpu().float()
+                rows[:, i] = right.float().cpu()
+            if curve in self.rows:
+                self.rows[curve].append(rows)
         self.images += len(y)
 
     def result(self) -> dict:
@@ -153,6 +160,11 @@ class Road:
         out["auc"] = {k: auc(v, fractions) for k, v in curves.items()}
         out["auc_normalised"] = {
             k: auc([a / max(v[0], 1e-12) for a in v], fractions) for k, v in curves.items()
+        }
+        out["per_image_auc"] = {
+            k: torch.trapezoid(torch.cat(rows), torch.tensor(fractions)).tolist()
+            for k, rows in self.rows.items()
+            if rows
         }
         return out
 

@@ -100,12 +100,14 @@ def explanation_suite(
         x_m, y_m = _first(kept, mprt_images)
         randomisation = mprt(model, x_m, y_m, seed=seed + 42, **kwargs)
     means = {k: torch.cat(v).mean().item() for k, v in per_image.items()}
+    di, road_result = curves.result(), road.result()
     return {
         "method": method,
         "images": curves.images,
-        "deletion_insertion": curves.result(),
-        "road": road.result(),
+        "deletion_insertion": di,
+        "road": road_result,
         "mprt": randomisation,
+        "per_image": _per_image(di, road_result, randomisation, per_image),
         "random_logit": means["random_logit"],
         "gini": means["gini"],
         "entropy": means["entropy"],
@@ -113,6 +115,43 @@ def explanation_suite(
         "sensitivity_max": means["sensitivity_max"],
         "seconds": dict(seconds),
     }
+
+
+PER_IMAGE_DIGITS = 5
+"""Significant digits of the per-image values the suite keeps (their statistics need no more)."""
+
+
+def _per_image(di: dict, road: dict, randomisation: dict, other: dict) -> dict[str, list[float]]:
+    """Each summary number of the suite image by image (the report's bootstrap over images).
+
+    The lists move out of the metrics' own results (MPRT's per-layer, per-image similarities
+    become their mean over depth and the last layer's), rounded to :data:`PER_IMAGE_DIGITS`.
+    """
+    areas = di.pop("per_image_auc")
+    road_areas = road.pop("per_image_auc")
+    by_layer = torch.tensor(randomisation.pop("per_image"))  # (layers, images)
+    values = {
+        "masking_auc": areas["masking"],
+        "deletion_auc": areas["deletion"],
+        "deletion_auc_normalised": areas["deletion_normalised"],
+        "insertion_auc": areas["insertion"],
+        "insertion_auc_normalised": areas["insertion_normalised"],
+        "road_morf_auc": road_areas["morf"],
+        "road_lerf_auc": road_areas["lerf"],
+        "mprt_mean": by_layer.mean(0).tolist(),
+        "mprt_last": by_layer[-1].tolist(),
+        **{
+            name: torch.cat(other[key]).tolist()
+            for name, key in (
+                ("random_logit", "random_logit"),
+                ("gini", "gini"),
+                ("entropy", "entropy"),
+                ("tied_fraction", "tied"),
+                ("sensitivity_max", "sensitivity_max"),
+            )
+        },
+    }
+    return {k: [float(f"{v:.{PER_IMAGE_DIGITS}g}") for v in vs] for k, vs in values.items()}
 
 
 @contextmanager

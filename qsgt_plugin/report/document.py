@@ -20,6 +20,7 @@ from typing import Any
 from qsgt_plugin.attribution import band_figure, explanation_suite, mprt_figure
 from qsgt_plugin.attribution.stats import TEST
 from qsgt_plugin.data import DATASETS
+from qsgt_plugin.errors import UsageError
 from qsgt_plugin.report.commands import (
     accuracy_table,
     alpha_plot,
@@ -44,6 +45,7 @@ def build_report(
     *,
     images: int = 16,
     curve_images: int | None = 1000,
+    offset: int = 0,
     method: str = "Saliency",
     mprt_images: int | None = None,
     data_root: str | None = None,
@@ -54,16 +56,28 @@ def build_report(
         paths: run directories (or checkpoints); runs that differ only in ``train.seed`` are
             summarised together.
         images: test images in the attribution grid.
-        curve_images: test images of every metric (None: the whole test split).
+        curve_images: test images of every metric (None: the rest of the test split).
+        offset: index of the first of them in the test split (a held-out subset: 0..999 and
+            1000..1999 are disjoint).
         method: the Captum attribution under evaluation.
         mprt_images: images of the randomisation test (None: ``curve_images``).
     """
     final = check_output(Path(out) / "report.md").parent
     runs = load_runs(paths, data_root=data_root)
     check_method(method, runs)
+    for dataset in {run.recipe.data.dataset for run in runs}:  # a seed given twice: refused now
+        group_runs([run for run in runs if run.recipe.data.dataset == dataset])
+    for run in runs:
+        size = run.recipe.data.test_subset or DATASETS[run.recipe.data.dataset].test_size
+        if offset >= size:
+            raise UsageError(
+                f"--offset {offset}: the {run.recipe.data.dataset} test split has {size} images; "
+                f"use an offset below {size}"
+            )
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{final.name}-", dir=final.parent) as tmp:
-        numbers = _write(runs, Path(tmp), images, curve_images, method, mprt_images)
+        subset = (offset, curve_images)
+        numbers = _write(runs, Path(tmp), images, subset, method, mprt_images)
         numbers = _relocate(numbers, tmp, final)
         write_json(numbers, Path(tmp) / "metrics.json")
         final.mkdir(exist_ok=True)
@@ -72,12 +86,14 @@ def build_report(
     return numbers
 
 
-def run_suite(run: Run, images: int | None, method: str, mprt_images: int | None) -> dict:
-    """The explanation suite of one run on its first ``images`` test images."""
+def run_suite(
+    run: Run, images: int | None, method: str, mprt_images: int | None, offset: int = 0
+) -> dict:
+    """The explanation suite of one run on ``images`` test images from index ``offset``."""
     info = DATASETS[run.recipe.data.dataset]
     return explanation_suite(
         run.model,
-        run.test_loader(limit=images),
+        run.test_loader(limit=images, offset=offset),
         num_classes=info.num_classes,
         method=method,
         mprt_images=mprt_images,
@@ -94,15 +110,16 @@ def _write(
     runs: list[Run],
     out: Path,
     images: int,
-    curve_images: int | None,
+    subset: tuple[int, int | None],
     method: str,
     mprt_images: int | None,
 ) -> dict[str, Any]:
     accuracy = accuracy_table(runs)
+    offset, curve_images = subset
     per_run: dict[str, dict] = {}
     for i, run in enumerate(runs, start=1):
         started = time.perf_counter()
-        suite = run_suite(run, curve_images, method, mprt_images)
+        suite = run_suite(run, curve_images, method, mprt_images, offset)
         row = next(r for r in accuracy if r["run"] == run.name)
         per_run[run.name] = {
             "seed": run.recipe.train.seed,
@@ -116,6 +133,7 @@ def _write(
     numbers: dict[str, Any] = {
         "method": method,
         "test": TEST,
+        "test_images": {"offset": offset, "count": curve_images},
         "accuracy": accuracy,
         "runs": per_run,
         "datasets": {},
@@ -126,13 +144,16 @@ def _write(
         by_dataset[run.recipe.data.dataset].append(run)
     for dataset, members in by_dataset.items():
         numbers["datasets"][dataset] = _dataset(dataset, members, per_run, out, images, method)
-    for group in (g for runs_ in by_dataset.values() for g in group_runs(runs_)):
-        first = group.runs[0]
-        if first.quantized and any(r.get("alphas") for r in first.metrics()):
-            figure = out / f"alpha-{re.sub(r'[^A-Za-z0-9._-]+', '-', group.label)}.png"
-            numbers["alpha_figures"][f"{group.label} ({first.name})"] = str(
-                alpha_plot(first, figure)
-            )
+    for dataset, members in by_dataset.items():
+        for group in group_runs(members):
+            first = group.runs[0]
+            if first.quantized and any(r.get("alphas") for r in first.metrics()):
+                # one file per dataset and group: the same variant on two datasets is two plots
+                label = re.sub(r"[^A-Za-z0-9._-]+", "-", group.label)
+                figure = out / f"alpha-{dataset}-{label}.png"
+                numbers["alpha_figures"][f"{dataset}, {group.label} ({first.name})"] = str(
+                    alpha_plot(first, figure)
+                )
     (out / "report.md").write_text(markdown(numbers, out))
     return numbers
 

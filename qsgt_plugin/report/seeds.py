@@ -1,11 +1,13 @@
 """Runs that differ only in their seed, grouped; their numbers as mean, spread and interval.
 
 A group is the set of runs whose resolved recipes are equal once ``train.seed``, ``name``,
-``output.dir`` and ``data.root`` are set aside. Two groups form a *pair* when their recipes
-differ in ``sgt.enabled`` only (fp32 vs fp32 + SGT, W4A4 vs W4A4 + SGT): for each faithfulness
-area the report says whether the SGT group's differs beyond seed noise
-(:data:`~qsgt_plugin.attribution.stats.TEST`), and, for a quantized pair beside a float one, how
-much of the float model's SGT gain the quantized SGT model keeps (:func:`sgt_kept`).
+``output.dir`` and ``data.root`` are set aside; two runs of one group with the same seed (a
+copied run directory) are refused, since they would count one model twice. Two groups form a
+*pair* when their recipes differ in ``sgt.enabled`` only (fp32 vs fp32 + SGT, W4A4 vs W4A4 +
+SGT): for each area of :data:`PAIRED` the report tests the difference over seeds, corrects the
+p-values over the dataset's family of tests, and bootstraps it over seeds and images
+(:mod:`qsgt_plugin.report.statistics`); for a quantized pair beside a float one it says how much
+of the float model's SGT gain the quantized SGT model keeps (:func:`sgt_kept`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import math
 from dataclasses import dataclass, field
 
 from qsgt_plugin.attribution.faithfulness import auc
-from qsgt_plugin.attribution.stats import compare, summarise
+from qsgt_plugin.attribution.stats import summarise
+from qsgt_plugin.errors import UsageError
+from qsgt_plugin.report.statistics import ALPHA, hedges_g, hierarchical_bootstrap, holm, welch
 from qsgt_plugin.run_dir import Run
 
 __all__ = ["PAIRED", "Group", "group_runs", "pair_groups", "scalars", "sgt_kept"]
@@ -29,6 +33,8 @@ PAIRED = {
     "insertion_auc_normalised": "higher",
     "road_morf_auc": "lower",
     "road_lerf_auc": "higher",
+    "mprt_mean": "lower",  # maps that depend on the weights change when they are randomised
+    "random_logit": "lower",  # maps that depend on the class change with it
 }
 
 
@@ -65,6 +71,15 @@ def group_runs(runs: list[Run]) -> list[Group]:
             label = run.label
             taken = sum(g.label.split(" #")[0] == label for g in groups.values())
             groups[key] = Group(label if not taken else f"{label} #{taken + 1}", key)
+        twin = next(
+            (r for r in groups[key].runs if r.recipe.train.seed == run.recipe.train.seed), None
+        )
+        if twin is not None:
+            raise UsageError(
+                f"{twin.path} and {run.path} are the same recipe with the same seed "
+                f"({run.recipe.train.seed}): one model counted twice would fake a seed. Give "
+                "each seed once"
+            )
         groups[key].runs.append(run)
     return list(groups.values())
 
@@ -127,18 +142,40 @@ def _improves(difference: float, better: str) -> bool:
 
 
 def pair_tests(pairs: list[tuple[Group, Group]], per_run: dict[str, dict]) -> list[dict]:
-    """For each pair and paired area: the difference, its p-value, and whether SGT is better."""
+    """Every paired area of every pair, tested; the p-values Holm-adjusted over all of them.
+
+    Each row: the difference of means (SGT minus without) with its Welch interval, Welch's p
+    and its Holm-adjusted value over the family (every row returned: one dataset's pairs x
+    :data:`PAIRED`), Hedges' g with its interval, the hierarchical bootstrap interval over seeds
+    and images, and the verdicts: ``beyond_noise`` (adjusted p < 0.05), ``holds_over_images``
+    (the bootstrap interval excludes 0), ``finding`` (both), ``sgt_better`` / ``sgt_worse``.
+    """
     out = []
     for plain, sgt in pairs:
         for name, better in PAIRED.items():
             a = [per_run[r.name]["scalars"][name] for r in plain.runs]
             b = [per_run[r.name]["scalars"][name] for r in sgt.runs]
-            result = compare(a, b)
-            improves = _improves(result["difference"], better)
+            images = [[per_run[r.name]["suite"]["per_image"][name] for r in g.runs]
+                      for g in (plain, sgt)]  # fmt: skip
+            welch_result = welch(a, b)
+            effect = hedges_g(a, b)
+            boot = hierarchical_bootstrap(*images)
             out.append(
-                {"a": plain.label, "b": sgt.label, "metric": name, "better": better, **result,
-                 "sgt_better": bool(result["beyond_noise"] and improves)}
+                {"a": plain.label, "b": sgt.label, "metric": name, "better": better,
+                 "difference": welch_result["difference"], "ci95": welch_result["ci95"],
+                 "p": welch_result["p"], "g": effect["g"], "g_ci95": effect["ci95"],
+                 "bootstrap_ci95": boot["ci95"], "seeds": [len(a), len(b)],
+                 "images": [len(images[0][0]), len(images[1][0])]}
             )  # fmt: skip
+    for row, adjusted in zip(out, holm([row["p"] for row in out]), strict=True):
+        low, high = row["bootstrap_ci95"]
+        improves = _improves(row["difference"], row["better"])
+        row["p_holm"] = adjusted
+        row["beyond_noise"] = bool(adjusted < ALPHA)  # NaN (one seed) compares False
+        row["holds_over_images"] = bool(low > 0 or high < 0)
+        row["finding"] = row["beyond_noise"] and row["holds_over_images"]
+        row["sgt_better"] = row["finding"] and improves
+        row["sgt_worse"] = row["finding"] and not improves
     return out
 
 
@@ -155,7 +192,8 @@ def sgt_kept(groups: dict, pairs: list[dict], bits: dict[str, str]) -> list[dict
       baseline (1: as good as the float SGT model, 0: no better than the float one without SGT).
 
     A fraction is NaN where SGT does not improve the area in float (no gain to keep); where the
-    float gain is within seed noise (``float_gain_beyond_noise`` False) the fraction divides by
+    float gain is not a finding (``float_gain_beyond_noise`` False: not beyond noise after the
+    correction, or not over images) the fraction divides by
     a difference the seeds do not establish, and says little.
 
     Example: masking AUCs F 30, FS 20, Q 32, QS 24 give own 0.8 and vs_float 0.6.
@@ -166,7 +204,7 @@ def sgt_kept(groups: dict, pairs: list[dict], bits: dict[str, str]) -> list[dict
     if len(float_pairs) != 1:  # no float pair, or several: nothing unambiguous to measure from
         return []
     (f, fs), out = float_pairs[0], []
-    noise = {p["metric"]: p.get("beyond_noise") for p in pairs if (p["a"], p["b"]) == (f, fs)}
+    noise = {p["metric"]: p.get("finding") for p in pairs if (p["a"], p["b"]) == (f, fs)}
     for q, qs in quant_pairs:
         for name, better in PAIRED.items():
             mean = {label: groups[label][name]["mean"] for label in (f, fs, q, qs)}

@@ -144,9 +144,12 @@ class Run:
     def metrics(self) -> list[dict]:
         return read_metrics(self.path)
 
-    def test_loader(self, limit: int | None = None, device: str | torch.device = "cpu") -> Loader:
-        """The run's test split (its first ``limit`` images), normalised as in training."""
-        return make_loader(self.recipe, False, torch.device(device), limit)
+    def test_loader(
+        self, limit: int | None = None, device: str | torch.device = "cpu", offset: int = 0
+    ) -> Loader:
+        """The run's test split (``limit`` images from index ``offset``), normalised as in
+        training."""
+        return make_loader(self.recipe, False, torch.device(device), limit, offset=offset)
 
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
