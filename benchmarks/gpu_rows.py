@@ -45,7 +45,8 @@ def stage1_rows(stage: dict) -> list[tuple[str, str]]:
         rows.append(
             (
                 name,
-                f"{r['images_per_s']:.0f} images/s at batch {stage['throughput']['batch']}"
+                f"{r['images_per_s']:.0f} images/s at batch {stage['throughput']['batch']}, "
+                f"{stage['throughput'].get('precision', 'fp32')}"
                 f" ({r['ratio']:.2f} x fp32 eager{goal}); first step {r['first_step_s']:.1f} s;"
                 f" peak {r['peak_gib'] or 0:.2f} GiB",
             )

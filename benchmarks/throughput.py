@@ -25,7 +25,7 @@ from torch import nn
 
 import qsgt_plugin
 from qsgt_plugin import SaliencyGuidedTraining
-from qsgt_plugin.step import make_train_step
+from qsgt_plugin.step import make_train_step, resolve_precision
 
 CONFIGS = [("fp32", "plain"), ("w4a4", "plain"), ("w4a4", "captum"), ("w4a4", "fused")]
 # compiled: fp32 plain and W4A4 + SGT on both paths first (what a short budget must cover)
@@ -33,7 +33,14 @@ COMPILED = [("fp32", "plain"), ("w4a4", "captum"), ("w4a4", "fused"), ("w4a4", "
 GOALS = {("w4a4", "plain"): 0.6, ("w4a4", "captum"): 0.3, ("w4a4", "fused"): 0.3}
 
 
-def build(precision: str, mode: str, compiled: bool, device: torch.device, channels_last: bool):
+def build(
+    precision: str,
+    mode: str,
+    compiled: bool,
+    device: torch.device,
+    channels_last: bool,
+    autocast: str = "fp32",
+):
     model = timm.create_model("resnet20", num_classes=10)
     if precision == "w4a4":
         model = qsgt_plugin.convert(model, bits=4)
@@ -42,10 +49,11 @@ def build(precision: str, mode: str, compiled: bool, device: torch.device, chann
         model = model.to(memory_format=torch.channels_last)
     if compiled:  # Brevitas splits the graph at every block (see qsgt_plugin.step)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch._functorch.config.donated_buffer = False  # the fused path's retain_graph
     run = torch.compile(model) if compiled else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sgt = None if mode == "plain" else SaliencyGuidedTraining(run, 0.1, fused=mode == "fused")
-    return make_train_step(run, opt, nn.CrossEntropyLoss(), sgt)
+    return make_train_step(run, opt, nn.CrossEntropyLoss(), sgt, precision=autocast)
 
 
 def _sync(device: torch.device) -> None:
@@ -76,16 +84,23 @@ def measure(step, x, y, steps: int, warmup: int, device: torch.device) -> dict:
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     channels_last = device.type == "cuda"
+    autocast = resolve_precision(args.precision, device)  # the training default: bf16 on GPUs
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), device=device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    result = {"device": name, "torch": torch.__version__, "batch": args.batch, "rows": []}
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "precision": autocast,
+        "rows": [],
+    }
     print(
         f"{name}, torch {torch.__version__}, ResNet-20, batch {args.batch}x3x32x32, "
-        f"{args.steps} timed steps after {args.warmup} warm-up"
+        f"{autocast}, {args.steps} timed steps after {args.warmup} warm-up"
     )
     print(
         f"{'model':6s} {'training':8s} {'mode':9s} {'first s':>8s} {'images/s':>10s} "
@@ -104,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"{precision:6s} {mode:8s} {label:9s} skipped: the time budget is spent")
             continue
         try:
-            step = build(precision, mode, compiled, device, channels_last)
+            step = build(precision, mode, compiled, device, channels_last, autocast)
             row = measure(step, x, y, args.steps, args.warmup, device)
         except Exception as exc:  # a configuration that does not compile is reported
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
@@ -141,6 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", action="store_true", help="eager configurations only")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="train.precision of every step (auto: bf16 where the device has it)",
+    )
     parser.add_argument("--budget", type=float, help="start no configuration after this many s")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="batch 16, 2 steps, eager only")
