@@ -267,3 +267,124 @@ def test_module_hook_methods_are_refused_on_quantized_models():
         with pytest.raises(ValueError, match=f"{method} rewrites the gradients of nn.ReLU"):
             SaliencyGuidedTraining(qmodel, attribution=method)
     SaliencyGuidedTraining(timm.create_model("resnet20"), attribution="GuidedBackprop")
+
+
+class _Wrapped(nn.Module):
+    """A model whose output is a tuple or a dict holding the logits."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.net, self.kind = small_cnn(), kind
+
+    def forward(self, x):
+        logits = self.net(x)
+        return (logits, logits.detach().sum()) if self.kind == "tuple" else {"logits": logits}
+
+
+def _reference_kl(model, sgt, x, y, select=lambda out: out, reduction="mean"):
+    """KL(p(x) || p(x_masked)) recomputed from the model's raw outputs with SGT's mask."""
+    torch.manual_seed(1)
+    clean = select(model(x))
+    saliency = sgt.saliency(x, y, select)
+    masked = select(model(sgt.masked_input(x, y, saliency)))
+    per_sample = F.kl_div(
+        F.log_softmax(masked, 1), F.log_softmax(clean, 1), log_target=True, reduction="none"
+    ).sum(1)
+    return {"mean": per_sample.mean(), "sum": per_sample.sum(), "none": per_sample}[reduction]
+
+
+@pytest.mark.parametrize("case", ["tuple", "dict", "temperature", "keyword", "two_forwards"])
+def test_the_hook_applies_sgt_wherever_the_output_reaches_the_criterion(case):
+    """The loop picks, transforms or delays the logits; the hook still adds SGT's KL term,
+    computed from the model's own outputs on the clean and the masked batch."""
+    torch.manual_seed(0)
+    kind = case if case in ("tuple", "dict") else "plain"
+    model = _Wrapped(kind) if kind != "plain" else small_cnn()
+    select = {"tuple": lambda o: o[0], "dict": lambda o: o["logits"]}.get(kind, lambda o: o)
+    criterion = nn.CrossEntropyLoss()
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    handle = register_sgt(model, criterion, mask_fraction=0.5)
+    model.eval()  # BatchNorm fixed: the reference recomputes the same forwards
+    model.train = lambda mode=True: model  # keep eval statistics, but hooks see training mode
+    for m in model.modules():
+        m.training = True
+        if isinstance(m, (nn.BatchNorm2d, nn.Dropout)):
+            m.eval()
+    second = torch.randn(6, 3, 8, 8)
+    torch.manual_seed(1)
+    out = model(x)
+    if case == "two_forwards":
+        assert model(second) is not None  # a second forward before the criterion
+    logits = select(out) / (2.0 if case == "temperature" else 1.0)
+    loss = criterion(input=logits, target=y) if case == "keyword" else criterion(logits, y)
+    assert set(handle.sgt.last) == {"ce", "kl"}
+    assert loss.item() == pytest.approx((handle.sgt.last["ce"] + handle.sgt.last["kl"]).item())
+    handle.remove()
+    expected = _reference_kl(model, handle.sgt, x, y, select)
+    assert handle.sgt.last["kl"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert handle.sgt.last["kl"].item() > 0
+
+
+def test_the_hook_warns_once_where_sgt_cannot_apply():
+    from qsgt_plugin.sgt import SGTNotAppliedWarning
+
+    model, criterion = small_cnn(), nn.CrossEntropyLoss()
+    handle = register_sgt(model, criterion, mask_fraction=0.5)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))
+    model(x)  # a training-mode forward whose output never reaches the criterion
+    with pytest.warns(SGTNotAppliedWarning, match="not an output of the hooked model"):
+        criterion(torch.randn(4, 4, requires_grad=True), y)
+    assert handle.sgt.last == {}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second time: no warning (once per handle)
+        model(x)
+        criterion(torch.randn(4, 4, requires_grad=True), y)
+    handle.remove()
+
+
+def test_a_second_registration_on_one_model_is_refused_until_the_first_is_removed():
+    model, criterion = small_cnn(), nn.CrossEntropyLoss()
+    first = register_sgt(model, criterion)
+    with pytest.raises(ValueError, match="already registered on this model"):
+        register_sgt(model, nn.CrossEntropyLoss())
+    first.remove()
+    register_sgt(model, criterion).remove()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_both_paths_keep_the_gradient_to_what_made_the_batch(fused):
+    """``loss(x * w, y)``: the loss reaches ``w`` and a leaf ``x`` on both paths."""
+    model = small_cnn()
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    w = torch.tensor(1.5, requires_grad=True)
+    y = torch.randint(0, 4, (4,))
+    sgt = SaliencyGuidedTraining(model, 0.5, fused=fused)
+    sgt.loss(x * w, y, nn.CrossEntropyLoss()).backward()
+    assert w.grad is not None and w.grad.abs() > 0
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("form", ["loss", "hook"])
+def test_the_kl_term_follows_the_criterion_s_reduction(reduction, form):
+    model = linear_model(c=3, h=4, w=4, classes=4)
+    criterion = nn.CrossEntropyLoss(reduction=reduction)
+    x, y = torch.randn(5, 3, 4, 4), torch.randint(0, 4, (5,))
+    sgt = SaliencyGuidedTraining(model, 0.5)
+    torch.manual_seed(1)
+    if form == "loss":
+        loss = sgt.loss(x, y, criterion)
+    else:
+        handle = register_sgt(model, criterion, mask_fraction=0.5)
+        loss = criterion(model(x), y)
+        sgt = handle.sgt
+        handle.remove()
+    expected = _reference_kl(model, sgt, x, y, reduction=reduction)
+    assert loss.shape == expected.shape
+    torch.testing.assert_close(sgt.last["kl"], expected)
+    ce = F.cross_entropy(model(x), y, reduction=reduction)
+    torch.testing.assert_close(loss, ce + expected)
+    with pytest.raises(ValueError, match="follows mean, sum or none"):
+        SaliencyGuidedTraining(model, 0.5).loss(x, y, nn.KLDivLoss(reduction="batchmean"))

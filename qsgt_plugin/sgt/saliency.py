@@ -45,8 +45,11 @@ _DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_attribution(model: nn.Module, method: str) -> GradientAttribution | NoiseTunnel:
-    """The Captum attribution object for ``method`` on ``model``.
+def make_attribution(
+    model: nn.Module, method: str, forward: Callable[[Tensor], Tensor] | None = None
+) -> GradientAttribution | NoiseTunnel:
+    """The Captum attribution object for ``method`` on ``model`` (or on ``forward``, a function
+    of the input computed by ``model``: the logits picked out of a tuple output).
 
     Raises:
         ValueError: an unknown name, a method that is not gradient-based, or a module-hook
@@ -61,10 +64,10 @@ def make_attribution(model: nn.Module, method: str) -> GradientAttribution | Noi
             "IntegratedGradients or SmoothGrad."
         )
     if method in ATTRIBUTIONS:
-        return ATTRIBUTIONS[method](model)
+        return ATTRIBUTIONS[method](forward or model)
     cls = getattr(captum.attr, method, None)
     if isinstance(cls, type) and issubclass(cls, GradientAttribution):
-        return cls(model)
+        return cls(forward or model)
     known = ", ".join(sorted(ATTRIBUTIONS))
     raise ValueError(
         f"unknown attribution method {method!r}; use one of {known} or the name of a "
@@ -73,9 +76,16 @@ def make_attribution(model: nn.Module, method: str) -> GradientAttribution | Noi
 
 
 def attribute(
-    model: nn.Module, x: Tensor, target: Tensor, method: str = "Saliency", **kwargs: Any
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    method: str = "Saliency",
+    select: Callable[[Any], Tensor] | None = None,
+    **kwargs: Any,
 ) -> Tensor:
     """Attributions of ``model``'s ``target`` logit to ``x``, shaped like ``x``, signed.
+
+    ``select`` picks the logits out of a model whose output is a tuple or a dict.
 
     Example::
 
@@ -88,7 +98,8 @@ def attribute(
         >>> attribute(model, images, labels, "IntegratedGradients", n_steps=16).shape
         torch.Size([2, 3, 2, 2])
     """
-    explainer = make_attribution(model, method)
+    forward = (lambda inputs: select(model(inputs))) if select is not None else None
+    explainer = make_attribution(model, method, forward)
     kwargs = {**_DEFAULT_KWARGS.get(method, {}), **kwargs}
     with eval_mode(model), frozen_parameters(model):
         maps = explainer.attribute(x.detach().requires_grad_(), target=target, **kwargs)

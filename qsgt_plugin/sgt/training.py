@@ -31,7 +31,7 @@ from qsgt_plugin.sgt.masking import (
 from qsgt_plugin.sgt.saliency import attribute, make_attribution
 from qsgt_plugin.utils import unwrap
 
-__all__ = ["FUSED_METHODS", "SGTHandle", "SaliencyGuidedTraining", "register_sgt"]
+__all__ = ["FUSED_METHODS", "REDUCTIONS", "SaliencyGuidedTraining", "fused_input", "reduction_of"]
 
 # Attributions the fused path can read off the clean forward's input gradient.
 FUSED_METHODS = ("Saliency", "InputXGradient")
@@ -108,12 +108,17 @@ class SaliencyGuidedTraining:
         """False when the KL term is zero by construction (plain cross-entropy training)."""
         return self.kl_weight > 0 and self.mask_fraction > 0
 
-    def saliency(self, x: Tensor, y: Tensor) -> Tensor:
-        """``(N, H, W)`` saliency of the target logits from a Captum pass in eval mode."""
+    def saliency(
+        self, x: Tensor, y: Tensor, select: Callable[[Any], Tensor] | None = None
+    ) -> Tensor:
+        """``(N, H, W)`` saliency of the target logits from a Captum pass in eval mode.
+
+        ``select`` picks the logits out of a tuple or dict output.
+        """
         # On the module inside a DDP wrapper: an extra forward through the wrapper would
         # prepare a gradient reduction that this input-only backward never completes.
         model = unwrap(self.model)
-        maps = attribute(model, x, y, self.attribution, **self.attribution_kwargs)
+        maps = attribute(model, x, y, self.attribution, select=select, **self.attribution_kwargs)
         return reduce_saliency(maps, self.signed)
 
     def mask(self, x: Tensor, y: Tensor, saliency: Tensor | None = None) -> Tensor:
@@ -128,17 +133,23 @@ class SaliencyGuidedTraining:
         return apply_mask(x, self.mask(x, y, saliency), fill)
 
     def loss(self, x: Tensor, y: Tensor, criterion: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-        """``criterion(f(x), y) + kl_weight * KL(p(x) || p(x_masked))``."""
+        """``criterion(f(x), y) + kl_weight * KL(p(x) || p(x_masked))``.
+
+        The KL term is reduced as the criterion reduces (its ``reduction`` attribute:
+        ``mean``, the default, is the batch mean; ``sum`` sums over the batch; ``none`` gives
+        one term per sample, added to the criterion's per-sample losses).
+        """
         self.check_batch(x, y)
+        reduction = reduction_of(criterion)
         if self.fused and self.active:
-            x = x.detach().requires_grad_()
+            x = fused_input(x)
         logits = self.model(x)
         _check_labels(y, logits)
         ce = criterion(logits.float(), y)  # under bf16 autocast the logits are bf16
         if not self.active:
             return ce
         self.last = {"ce": ce.detach()}
-        return ce + self._kl_term(x, y, logits)
+        return ce + self._kl_term(x, y, logits, reduction)
 
     def check_batch(self, x: Tensor, y: Tensor) -> None:
         """``ValueError`` / ``TypeError`` for a batch SGT cannot mask (no device sync)."""
@@ -157,12 +168,30 @@ class SaliencyGuidedTraining:
             got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
             raise ValueError(f"labels must be integers shaped ({x.shape[0]},), got {got}")
 
-    def kl_term(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor:
-        """``kl_weight * KL(p(x) || p(x_masked))`` given the clean forward's logits."""
-        _check_labels(y, logits)
-        return self._kl_term(x, y, logits)
+    def kl_term(
+        self,
+        x: Tensor,
+        y: Tensor,
+        logits: Tensor,
+        reduction: str = "mean",
+        select: Callable[[Any], Tensor] | None = None,
+    ) -> Tensor:
+        """``kl_weight * KL(p(x) || p(x_masked))`` given the clean forward's logits.
 
-    def _kl_term(self, x: Tensor, y: Tensor, logits: Tensor) -> Tensor:
+        ``reduction`` over the batch: ``mean`` (per-sample KL averaged), ``sum`` or ``none``;
+        ``select`` picks the logits out of the model's output where it is a tuple or a dict.
+        """
+        _check_labels(y, logits)
+        return self._kl_term(x, y, logits, reduction, select)
+
+    def _kl_term(
+        self,
+        x: Tensor,
+        y: Tensor,
+        logits: Tensor,
+        reduction: str = "mean",
+        select: Callable[[Any], Tensor] | None = None,
+    ) -> Tensor:
         if self.fused:
             if not x.requires_grad:
                 raise ValueError(
@@ -173,17 +202,47 @@ class SaliencyGuidedTraining:
             maps = grad * x.detach() if self.attribution == "InputXGradient" else grad
             saliency = reduce_saliency(maps, self.signed)
         else:
-            saliency = self.saliency(x, y)
+            saliency = self.saliency(x, y, select)
         masked_logits = self.model(self.masked_input(x, y, saliency))
+        if select is not None:
+            masked_logits = select(masked_logits)
         # In float32 whatever autocast made of the logits: log_softmax stays bf16 on the CPU.
-        kl = F.kl_div(
+        per_sample = F.kl_div(
             F.log_softmax(masked_logits.float(), dim=1),
             F.log_softmax(logits.float(), dim=1),
             log_target=True,
-            reduction="batchmean",
-        )
+            reduction="none",
+        ).sum(dim=1)
+        kl = {"mean": per_sample.mean, "sum": per_sample.sum}.get(reduction, lambda: per_sample)()
         self.last["kl"] = kl.detach()
         return self.kl_weight * kl
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def reduction_of(criterion: Callable) -> str:
+    """How ``criterion`` reduces over the batch: its ``reduction`` attribute, else ``mean``.
+
+    Raises:
+        ValueError: a reduction SGT cannot follow (``batchmean`` of ``nn.KLDivLoss``, ...).
+    """
+    reduction = getattr(criterion, "reduction", "mean")
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"the criterion reduces with {reduction!r}; SGT's KL term follows mean, sum or none"
+        )
+    return reduction
+
+
+def fused_input(x: Tensor) -> Tensor:
+    """``x`` ready for the fused path's input gradient, keeping its own graph.
+
+    A batch computed from parameters (``x * w``, a learned augmentation) already requires a
+    gradient and is used as it is, so the loss still reaches those parameters (and a leaf
+    ``x``'s ``.grad``); a plain batch becomes a leaf that requires one.
+    """
+    return x if x.requires_grad else x.detach().requires_grad_()
 
 
 def _check_labels(y: Tensor, logits: Tensor) -> None:
@@ -193,82 +252,3 @@ def _check_labels(y: Tensor, logits: Tensor) -> None:
             f"labels must be class indices in 0..{logits.shape[1] - 1}, "
             f"got {int(y.min())}..{int(y.max())}"
         )
-
-
-class SGTHandle:
-    """Returned by :func:`register_sgt`; ``remove()`` restores plain training."""
-
-    def __init__(self, sgt: SaliencyGuidedTraining, handles: list) -> None:
-        self.sgt = sgt
-        self._handles = handles
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-
-def register_sgt(model: nn.Module, criterion: nn.Module, **options: Any) -> SGTHandle:
-    """Add SGT to an existing loop without restructuring it.
-
-    After this, ``loss = criterion(model(x), y)`` in training mode returns the SGT loss;
-    evaluation (``model.eval()`` or ``torch.no_grad()``) is unchanged.
-
-    Args:
-        model: the model of the loop.
-        criterion: the loss module the loop applies to the model's output (``nn.CrossEntropyLoss``).
-        **options: :class:`SaliencyGuidedTraining` arguments.
-
-    Example::
-
-        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
-        >>> criterion = nn.CrossEntropyLoss()
-        >>> x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
-        >>> handle = register_sgt(model, criterion, mask_fraction=0.5)
-        >>> loss = criterion(model(x), y)  # now CE + KL(p(x) || p(x_masked))
-        >>> torch.allclose(loss, handle.sgt.last["ce"] + handle.sgt.last["kl"])
-        True
-        >>> handle.remove()  # plain training again
-    """
-    if not isinstance(criterion, nn.Module):
-        raise TypeError(
-            f"register_sgt needs a criterion module (e.g. nn.CrossEntropyLoss()) to hook, got "
-            f"{criterion!r}; for a loss function use SaliencyGuidedTraining(...).loss instead"
-        )
-    sgt = SaliencyGuidedTraining(model, **options)
-    state: dict[str, Any] = {"busy": False}
-
-    def before_model(module: nn.Module, args: tuple) -> tuple | None:
-        if state["busy"] or not args or not (module.training and torch.is_grad_enabled()):
-            return None
-        x = args[0].detach().requires_grad_() if sgt.fused else args[0]
-        state["x"], state["out"] = x, None
-        return (x, *args[1:]) if sgt.fused else None
-
-    def after_model(module: nn.Module, args: tuple, output: Tensor) -> None:
-        if not state["busy"] and "x" in state and state["out"] is None:
-            state["out"] = output
-
-    def after_criterion(module: nn.Module, args: tuple, loss: Tensor) -> Tensor | None:
-        if (
-            not sgt.active
-            or len(args) < 2
-            or state.get("out") is None
-            or args[0] is not state["out"]
-        ):
-            return None
-        x = state.pop("x")
-        state["out"] = None
-        state["busy"] = True
-        try:
-            sgt.last = {"ce": loss.detach()}
-            return loss + sgt.kl_term(x, args[1], args[0])
-        finally:
-            state["busy"] = False
-
-    handles = [
-        model.register_forward_pre_hook(before_model),
-        model.register_forward_hook(after_model),
-        criterion.register_forward_hook(after_criterion),
-    ]
-    return SGTHandle(sgt, handles)
