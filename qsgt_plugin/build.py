@@ -25,6 +25,7 @@ from qsgt_plugin.recipe import (
     Recipe,
     ScheduleSection,
     SGTSection,
+    parse_recipe,
 )
 from qsgt_plugin.sgt import SaliencyGuidedTraining
 from qsgt_plugin.utils import eval_mode
@@ -136,8 +137,8 @@ def build_model(
         raise RecipeError(
             f"model: timm cannot build {name!r} with {kwargs}: {_first_line(exc)}"
         ) from None
-    if isinstance(quant, dict):
-        quant = QuantSection.model_validate(quant)
+    if isinstance(quant, dict):  # a checkpoint's settings: validated like a recipe's
+        quant = parse_recipe({"quant": quant}, source="the quantization settings").quant
     if example is not None:
         _dry_run(model, name, example)
     if quant is None or not quant.enabled:

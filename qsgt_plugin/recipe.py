@@ -20,7 +20,8 @@ __all__ = ["Recipe", "RecipeError", "apply_overrides", "load_recipe", "parse_rec
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are never a setting: an infinite rate or clipping level trains to NaN
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -185,8 +186,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path} is not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise RecipeError(
+            f"{path} is empty (or only comments): a recipe states at least what it trains, e.g. "
+            "data: {dataset: mnist}; see recipes/quickstart.yaml"
+        )
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     _check_size(data, str(path))

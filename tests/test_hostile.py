@@ -126,7 +126,7 @@ CASES = [
     (
         "an alpha_init below the quantizer's floor",
         lambda t, r: ["train", QUICKSTART, "--set", "quant.alpha_init=0.0005"],
-        r"quant: alpha_init must be greater than 0\.001, got 0\.0005",
+        r"quant: alpha_init must be a finite number greater than 0\.001, got 0\.0005",
     ),
     (
         "milestones outside the run",
@@ -260,7 +260,7 @@ def test_hostile_input_is_one_line_and_exit_2(argv, expected, tmp_path, runs, ca
     [
         ("sgt.attribution=Salency", "sgt: unknown attribution method 'Salency'"),
         ("quant.overrides={nothing*: {act_bits: 8}}", "match no Conv/Linear/ReLU layer"),
-        ("quant.alpha_init=0.0005", "alpha_init must be greater than 0.001"),
+        ("quant.alpha_init=0.0005", "alpha_init must be a finite number greater than 0.001"),
         ("model.name=resnet2O", "model.name: unknown model 'resnet2O'"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -188,8 +189,17 @@ def _plan(
         method = registry.method(method)
     wq = _weight_quantizer(registry, weight_quant or method.weight_quant)
     wq_ends = _weight_quantizer(registry, first_last_weight_quant or wq)
-    if not alpha_init > ALPHA_MIN:
-        raise ValueError(f"alpha_init must be greater than {ALPHA_MIN}, got {alpha_init}")
+    if alpha_init == "calibrate":
+        raise ValueError(
+            "alpha_init='calibrate' is a recipe setting; from Python, convert with a number and "
+            "then call qsgt_plugin.quant.calibrate_alphas(qmodel, batches)"
+        )
+    if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)):
+        raise ValueError(f"alpha_init must be a number, got {alpha_init!r}")
+    if not (alpha_init > ALPHA_MIN and math.isfinite(alpha_init)):
+        raise ValueError(
+            f"alpha_init must be a finite number greater than {ALPHA_MIN}, got {alpha_init}"
+        )
     return _Plan(method, wq, wq_ends, weight_bits, act_bits, first_last_bits, overrides, alpha_init)
 
 

@@ -1,8 +1,10 @@
 """Runs that differ only in their seed, grouped; their numbers as mean, spread and interval.
 
-A group is the set of runs whose resolved recipes are equal once ``train.seed``, ``name``,
-``output.dir`` and ``data.root`` are set aside; two runs of one group with the same seed (a
-copied run directory) are refused, since they would count one model twice. Two groups form a
+A group is the set of runs whose resolved recipes are equal once the seed, the name and the
+settings that do not change the trained model (:data:`NOT_THE_MODEL`: where the run was
+written and logged, its device, compilation) are set aside; two runs of one group with the
+same seed (a copied run directory) are refused, since they would count one model twice. Two
+groups form a
 *pair* when their recipes differ in ``sgt.enabled`` only (fp32 vs fp32 + SGT, W4A4 vs W4A4 +
 SGT): for each area of :data:`PAIRED` the report tests the difference over seeds, corrects the
 p-values over the dataset's family of tests, and bootstraps it over seeds and images
@@ -22,7 +24,7 @@ from qsgt_plugin.errors import UsageError
 from qsgt_plugin.report.statistics import ALPHA, hedges_g, hierarchical_bootstrap, holm, welch
 from qsgt_plugin.run_dir import Run
 
-__all__ = ["PAIRED", "Group", "group_runs", "pair_groups", "scalars", "sgt_kept"]
+__all__ = ["NOT_THE_MODEL", "PAIRED", "Group", "group_runs", "pair_groups", "scalars", "sgt_kept"]
 
 # The faithfulness areas compared between a group and its SGT twin, and which way is better.
 PAIRED = {
@@ -51,12 +53,22 @@ class Group:
         return [run.recipe.train.seed for run in self.runs]
 
 
+# Settings that do not change the trained model: where and how a run was watched, saved and
+# placed (the ones ``--resume`` may change without touching the weights' meaning).
+NOT_THE_MODEL = {
+    "data": ("root", "eval_batch_size"),
+    "train": ("seed", "log_every", "checkpoint_every", "device", "compile", "fast_path"),
+    "output": ("dir",),
+}
+
+
 def _key(run: Run, ignore_sgt: bool = False) -> str:
+    """What determines the trained model, seed aside: runs with equal keys are one group."""
     recipe = run.recipe.model_dump(mode="json")
     recipe.pop("name")
-    recipe["train"].pop("seed")
-    recipe["output"].pop("dir")
-    recipe["data"].pop("root")
+    for section, keys in NOT_THE_MODEL.items():
+        for key in keys:
+            recipe[section].pop(key)
     if ignore_sgt:
         recipe["sgt"] = {}
     return json.dumps(recipe, sort_keys=True)
