@@ -186,15 +186,18 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path} is not valid YAML: {exc}") from None
-    if data is None or data == {}:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    _check_size(data, str(path))
+    data = apply_overrides(data, overrides)
+    if not data:  # nothing in the file nor on the command line: not a run of every default
         raise RecipeError(
             f"{path} is empty (or only comments): a recipe states at least what it trains, e.g. "
             "data: {dataset: mnist}; see recipes/quickstart.yaml"
         )
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
-    _check_size(data, str(path))
-    return parse_recipe(apply_overrides(data, overrides), source=str(path))
+    return parse_recipe(data, source=str(path))
 
 
 MAX_VALUES = 10_000
