@@ -224,3 +224,18 @@ def test_an_offset_past_the_test_split_is_refused(cifar_runs, tmp_path, capsys):
     assert (
         "the cifar10 test split has 300 images; use an offset below 300" in capsys.readouterr().err
     )
+
+
+def test_a_report_replaces_an_earlier_one_and_leaves_other_files(cifar_runs, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("# old\n\n![alpha](alpha-w4a4-SGT.png)\n")
+    (out / "alpha-w4a4-SGT.png").write_bytes(PNG)
+    (out / "notes.txt").write_text("mine")
+    paths = [str(cifar_runs["fp32-s0"]), str(cifar_runs["fp32-s1"])]
+    args = ["report", *paths, "--out", str(out), "--images", "2", "--curve-images", "8"]
+    assert main([*args, "--mprt-images", "4"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not (out / "alpha-w4a4-SGT.png").exists()  # the earlier report's figure
+    assert (out / "notes.txt").read_text() == "mine"  # not a report's: kept
+    assert sorted(p.name for p in out.iterdir()) == sorted([*metrics["files"], "notes.txt"])

@@ -7,6 +7,7 @@ beside ``out`` and moved in at the end, so a report that fails leaves ``out`` as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -79,11 +80,37 @@ def build_report(
         subset = (offset, curve_images)
         numbers = _write(runs, Path(tmp), images, subset, method, mprt_images)
         numbers = _relocate(numbers, tmp, final)
+        numbers["files"] = sorted([p.name for p in Path(tmp).iterdir()] + ["metrics.json"])
         write_json(numbers, Path(tmp) / "metrics.json")
         final.mkdir(exist_ok=True)
+        earlier = owned_files(final)
         for file in Path(tmp).iterdir():
             os.replace(file, final / file.name)
+        for name in earlier - set(numbers["files"]):  # an earlier report's, not rewritten
+            (final / name).unlink(missing_ok=True)
     return numbers
+
+
+def owned_files(folder: Path) -> set[str]:
+    """The files an earlier report wrote into ``folder`` (none if it holds no report).
+
+    Its ``metrics.json`` lists them; a report written before that list existed owns
+    ``report.md``, ``metrics.json`` and the figures its ``report.md`` embeds. Only plain names
+    in ``folder`` itself count: nothing else there is touched.
+    """
+    names: set[str] = set()
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no list, or not one
+        names.update(json.loads((folder / "metrics.json").read_text()).get("files", []))
+    try:
+        text = (folder / "report.md").read_text()
+    except OSError:
+        return {n for n in names if _plain(n)}
+    names |= {"report.md", "metrics.json", *re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)}
+    return {n for n in names if _plain(n)}
+
+
+def _plain(name: str) -> bool:
+    return isinstance(name, str) and name == Path(name).name and not name.startswith(".")
 
 
 def run_suite(
