@@ -60,6 +60,31 @@ def test_the_choice_on_a_hand_checked_case():
     assert choose_bits(options, 5) is None  # the smallest is 6 bytes
 
 
+def test_a_measured_gain_buys_no_lower_width_the_budget_does_not_need():
+    """Layer b "gains" 3 images at 2 bits (noise). With room for every layer as trained,
+    nothing is lowered; with room for one lowered layer it is b (no measured loss), not a."""
+    from qsgt_plugin.precision.mixed import FREE_BIT_COST, unit_costs
+
+    class Unit:
+        def __init__(self, weight: str) -> None:
+            self.weight, self.bits = weight, 4
+
+        def size_bits(self, bits: int) -> int:
+            return 8 * bits
+
+    result = {
+        "rows": [
+            {"unit": "a", "bits": 2, "accuracy_drop": 0.02, "drift": 0.0},
+            {"unit": "b", "bits": 2, "accuracy_drop": -0.03, "drift": 0.0},
+        ]
+    }
+    options = unit_costs(result, [Unit("a"), Unit("b")])
+    assert options["b"][0].cost == pytest.approx(2 * FREE_BIT_COST) and options["b"][0].cost > 0
+    assert options["a"][0].cost == pytest.approx(0.02)
+    assert {k: c.bits for k, c in choose_bits(options, 8).items()} == {"a": 4, "b": 4}
+    assert {k: c.bits for k, c in choose_bits(options, 6).items()} == {"a": 4, "b": 2}
+
+
 def test_the_choice_is_optimal_and_within_budget_on_random_cases():
     rng = random.Random(0)
     for _ in range(200):
@@ -231,15 +256,17 @@ def test_the_commands_write_a_figure_and_a_recipe_that_fits_and_trains(runs, tmp
     (run_dir / "sensitivity").mkdir(exist_ok=True)
     (run_dir / "sensitivity" / "sensitivity.json").write_text(json.dumps(result))
     recipe_path = tmp_path / "mixed.yaml"
+    relative = os.path.relpath(run_dir)  # as a user types it, from where they stand
     code = main(
-        ["mixed-precision", str(run_dir), "--size-kb", str(budget_kb), *args,
+        ["mixed-precision", relative, "--size-kb", str(budget_kb), *args,
          "--out", str(recipe_path)]
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert "using the sensitivity measured" in printed and "uniform, for reference" in printed
     recipe = parse_recipe(yaml.safe_load(recipe_path.read_text()))
-    assert recipe.model.init_from == str(run.path)
+    assert recipe.model.init_from == str(run.path.resolve())  # trains from any folder
+    assert Path(recipe.model.init_from).is_absolute()
     lowered = {k for k, v in recipe.quant.overrides.items() if v and min(v.values()) < 4}
     assert lowered and all(k.startswith("layer3.") for k in lowered)
     assert recipe.quant.overrides["conv1"] == {"weight_bits": 8}

@@ -126,7 +126,8 @@ def plan_mixed_precision(
     name: str | None = None,
 ) -> tuple[dict[str, Choice], int, dict[str, Any]]:
     """The chosen bits per unit, the real model size, and the recipe that fine-tunes from
-    ``source`` (the run's path as the user gave it; its resolved path when None).
+    ``source`` (the run's path as the user gave it; the run's path when None), written as an
+    absolute path so that the recipe trains from any folder.
 
     Raises:
         UsageError: no assignment of the measured bit widths fits the budget.
@@ -148,7 +149,12 @@ def plan_mixed_precision(
             break
         allowance -= size - budget_bytes
     recipe = mixed_precision_recipe(
-        run.recipe.model_dump(), units, chosen, source or str(run.path), epochs, name
+        run.recipe.model_dump(),
+        units,
+        chosen,
+        str(Path(source or run.path).resolve()),
+        epochs,
+        name,
     )
     return chosen, size, recipe
 

@@ -29,6 +29,10 @@ class Choice:
     size: int  # bytes
 
 
+FREE_BIT_COST = 1e-9
+"""The least cost of a bit removed from a layer (measured costs at or below zero get it)."""
+
+
 def unit_costs(
     result: dict, units: list[Unit], drift_weight: float = 1.0
 ) -> dict[str, list[Choice]]:
@@ -39,7 +43,11 @@ def unit_costs(
         choices = {trained: Choice(trained, 0.0, ceil_bytes(unit.size_bits(trained)))}
         for row in result["rows"]:
             if row["unit"] == unit.weight and row["bits"] != trained:
-                cost = row["accuracy_drop"] + drift_weight * row["drift"]
+                # A measured gain (a few images more right at fewer bits) is noise, not a
+                # reason to lower a layer: a cost is at least a hair per bit removed, so a
+                # lower width is chosen only where the budget needs it.
+                measured = row["accuracy_drop"] + drift_weight * row["drift"]
+                cost = max(0.0, measured) + FREE_BIT_COST * max(0, trained - row["bits"])
                 choices[row["bits"]] = Choice(
                     row["bits"], cost, ceil_bytes(unit.size_bits(row["bits"]))
                 )
