@@ -175,7 +175,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
     from qsgt_plugin.report import check_output
 
     (run,) = _runs(args)
-    out = check_output(Path(args.out) if args.out else run.path / "sensitivity")
+    out = check_output(Path(args.out) if args.out else run.path / "sensitivity", folder=True)
     result = write_sensitivity(
         run, out, args.bits, args.images, args.hessian_samples, layers=args.layers
     )

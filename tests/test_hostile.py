@@ -7,6 +7,7 @@ was written where it should not be.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -162,6 +163,26 @@ CASES = [
         "a YAML alias bomb",
         lambda t, r: ["train", alias_bomb(t)],
         r"bomb\.yaml expands to more than 10,000 values \(YAML aliases\?\)",
+    ),
+    (
+        "export into an existing folder",
+        lambda t, r: ["export", str(r["w4a4"]), "--out", str(t)],
+        r"cannot write .*: it is a folder; give --out a file name",
+    ),
+    (
+        "mixed-precision into an existing folder",
+        lambda t, r: ["mixed-precision", str(r["w4a4"]), "--size-kb", "200", "--out", str(t)],
+        r"cannot write .*: it is a folder; give --out a file name",
+    ),
+    (
+        "a comparison figure named .txt",
+        lambda t, r: ["compare", str(r["w4a4"]), "--out", f"{t}/x.txt"],
+        r"cannot write the figure .*x\.txt: \.txt is not a figure format; use \.png, \.pdf, \.svg",
+    ),
+    (
+        "evaluate on a device that does not exist",
+        lambda t, r: ["evaluate", str(r["w4a4"]), "--device", "tpu"],
+        r"device 'tpu' is not one of auto, cpu, cuda, cuda:N",
     ),
     (
         "GuidedBackprop on a quantized run",
@@ -379,3 +400,12 @@ def test_a_crafted_checkpoint_never_reaches_timm_with_pretrained(runs, tmp_path,
     assert main(["evaluate", path]) == 2
     assert calls == []
     assert torch.load(path, weights_only=True)["model_config"]["kwargs"] == {"pretrained": True}
+
+
+def test_a_figure_named_without_a_suffix_is_written_and_recorded_as_png(runs, tmp_path):
+    out = tmp_path / "grid"
+    assert main(["compare", str(runs["w4a4"]), "--images", "2", "--out", str(out)]) == 0
+    numbers = json.loads((tmp_path / "grid.json").read_text())
+    assert numbers["figure"] == str(tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert not out.exists()

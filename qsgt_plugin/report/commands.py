@@ -28,6 +28,7 @@ from qsgt_plugin.sgt import make_attribution
 __all__ = [
     "accuracy_table",
     "alpha_plot",
+    "check_figure",
     "check_method",
     "check_output",
     "compare_runs",
@@ -60,8 +61,29 @@ def load_runs(paths: list[str | Path], data_root: str | None = None) -> list[Run
     return runs
 
 
-def check_output(path: Path) -> Path:
-    """``path`` if its folder can be created and written; a :class:`UsageError` otherwise."""
+FIGURE_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+"""Figure files the commands write (matplotlib's formats); a name without one gets ``.png``."""
+
+
+def check_figure(path: Path) -> Path:
+    """``path`` as a figure file: ``.png`` added to a name without a suffix, others refused."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    elif path.suffix.lower() not in FIGURE_FORMATS:
+        raise UsageError(
+            f"cannot write the figure {path}: {path.suffix} is not a figure format; use "
+            f"{', '.join(FIGURE_FORMATS[:3])} (or no suffix for .png)"
+        )
+    return check_output(path)
+
+
+def check_output(path: Path, folder: bool = False) -> Path:
+    """``path`` if its folder can be created and written; a :class:`UsageError` otherwise.
+
+    ``folder``: the output is a folder (it may exist); else a file, which an existing folder
+    cannot be.
+    """
     path = Path(path)
     for parent in path.parents:
         if parent.exists():
@@ -72,8 +94,11 @@ def check_output(path: Path) -> Path:
                     f"cannot write {path}: {parent} is not writable; choose another --out"
                 )
             break
-    if path.is_dir() and path.suffix:
-        raise UsageError(f"cannot write {path}: it is a folder; choose a file name for --out")
+    if path.is_dir() and not folder:
+        raise UsageError(
+            f"cannot write {path}: it is a folder; give --out a file name (e.g. "
+            f"{path / ('out' + (path.suffix or '.png'))})"
+        )
     return path
 
 
@@ -113,7 +138,7 @@ def compare_runs(
     """Attribution grid of all runs (and float views) on the first test images of their dataset."""
     _same_dataset(runs)
     check_method(method, runs)
-    check_output(out)
+    out = check_figure(out)
     x, y = next(iter(runs[0].test_loader(limit=images)))
     mean, std = runs[0].normalisation
     result = compare_views(model_views(runs, float_views), x, y, method=method, fidelity=fidelity)
@@ -140,7 +165,7 @@ def masking_curves(
     """Masking curves (salient first and random) of all runs on one figure."""
     _same_dataset(runs)
     check_method(method, runs)
-    check_output(out)
+    out = check_figure(out)
     curves = {}
     for run in runs:
         loader = run.test_loader(limit=images)
@@ -175,7 +200,7 @@ def alpha_plot(run: Run, out: Path) -> Path:
             f"no clipping levels logged in {run.path / 'metrics.jsonl'}: alpha-plot needs the "
             "run directory that `qsgt train` wrote (with its metrics.jsonl)"
         )
-    return alpha_figure(records, check_output(out), title=f"{run.name}: PACT clipping levels")
+    return alpha_figure(records, check_figure(out), title=f"{run.name}: PACT clipping levels")
 
 
 def accuracy_table(runs: list[Run]) -> list[dict[str, Any]]:
