@@ -80,6 +80,13 @@ def check_recipe(recipe: Recipe) -> Recipe:
                 known = ", ".join(sorted(registry.weight_quantizers))
                 problems.append(f"quant.{key}: unknown weight quantizer {wq!r}; known: {known}")
     info = DATASETS[recipe.data.dataset]
+    data = recipe.data
+    if data.train_subset is not None and data.train_subset < data.batch_size:
+        problems.append(
+            f"data.train_subset: {data.train_subset} images make less than one batch of "
+            f"{data.batch_size}: every step would be an epoch with a full evaluation; use a "
+            "train_subset of at least data.batch_size"
+        )
     kwargs = dict(recipe.model.kwargs)
     for key, value in (("num_classes", info.num_classes), ("in_chans", info.shape[0])):
         if kwargs.setdefault(key, value) != value:

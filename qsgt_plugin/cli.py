@@ -318,7 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qsgt_plugin.launch import report_rank_error
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(COMMANDS).parse_args(argv)
+    parser = build_parser(COMMANDS)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named with the subcommand, as argparse's own errors are
+        command = getattr(args, "command", None)
+        prog = f"qsgt {command}" if command else "qsgt"
+        print(
+            f"{prog}: error: unrecognized arguments: {' '.join(extra)}; see {prog} --help",
+            file=sys.stderr,
+        )
+        return 2
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def _count(minimum: int) -> Callable[[str], int]:
+def _count(minimum: int, maximum: int | None = None, why: str = "") -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -31,9 +31,24 @@ def _count(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}{why}, got {value}")
         return value
 
     return parse
+
+
+GRID_IMAGES = 64
+"""The most images an attribution grid shows (the test loader's first batch holds them)."""
+
+
+def _layer_list(text: str) -> list[str]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(
+            f"expected layer names or patterns, got {text!r}; leave --layers out for all layers"
+        )
+    return parts
 
 
 def _finite(text: str) -> float:
@@ -118,7 +133,12 @@ def _analyses(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
         return p
 
     p = analysis("compare", "attribution maps of several runs side by side, with numbers")
-    p.add_argument("--images", type=_count(1), default=16, help="test images to explain (16)")
+    p.add_argument(
+        "--images",
+        type=_count(1, GRID_IMAGES, " (one grid row each; numbers over many images: report)"),
+        default=16,
+        help=f"test images to explain (16, at most {GRID_IMAGES})",
+    )
     p.add_argument("--method", default="Saliency", help=ATTRIBUTION_METHODS)
     p.add_argument(
         "--no-float-views",
@@ -141,7 +161,10 @@ def _analyses(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = analysis("report", "report.md with every figure and number, statistics over seeds")
     p.add_argument("--out", default="report", help="output folder (report/)")
     p.add_argument(
-        "--images", type=_count(1), default=16, help="images in the attribution grid (16)"
+        "--images",
+        type=_count(1, GRID_IMAGES, " (one grid row each)"),
+        default=16,
+        help=f"images in the attribution grid (16, at most {GRID_IMAGES})",
     )
     p.add_argument(
         "--curve-images",
@@ -194,7 +217,7 @@ def _precision(analysis: Callable[..., argparse.ArgumentParser]) -> None:
         )
         p.add_argument(
             "--layers",
-            type=lambda text: [part for part in text.split(",") if part],
+            type=_layer_list,
             help="weight layers to try, comma-separated names or patterns (default: all)",
         )
 

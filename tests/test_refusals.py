@@ -89,3 +89,53 @@ def test_runs_that_differ_only_in_how_they_were_watched_are_one_group():
         _run(seed=0, label_smoothing=0.1),
     ):
         assert _key(different) != base
+
+
+def test_a_corrupt_line_inside_the_metrics_log_is_named_not_dropped_silently(tmp_path, caplog):
+    from qsgt_plugin.run_dir import read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\nnot json\n{"step": 3}\n{"step": 4, "cut sh')
+    with caplog.at_level("WARNING"):
+        records = read_metrics(log)
+    assert [r["step"] for r in records] == [1, 3]
+    assert "line 2 is not a JSON record" in caplog.text
+    assert "line 4" not in caplog.text  # the last line, cut short by a kill: expected
+
+
+def test_a_training_subset_smaller_than_one_batch_is_refused():
+    from qsgt_plugin.build import check_recipe
+
+    recipe = Recipe.model_validate({"data": {"train_subset": 10, "batch_size": 32}})
+    with pytest.raises(RecipeError, match="10 images make less than one batch of 32"):
+        check_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sensitivity", "run", "--layers", ""], "leave --layers out for all layers"),
+        (["sensitivity", "run", "--layers", " , "], "leave --layers out for all layers"),
+        (["compare", "run", "--images", "100000"], "must be at most 64 (one grid row each"),
+        (["report", "run", "--images", "65"], "must be at most 64"),
+        (["evaluate", "run", "--bogus"], "qsgt evaluate: error: unrecognized arguments: --bogus"),
+        (["methods", "extra"], "qsgt methods: error: unrecognized arguments: extra"),
+    ],
+)
+def test_command_line_mistakes_name_the_subcommand_and_the_fix(argv, message, capsys):
+    from qsgt_plugin.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_intervals_of_percentages_stay_within_0_and_100():
+    from qsgt_plugin.report.markdown import _cell
+
+    summary = {"n": 3, "mean": 0.01, "std": 0.02, "ci95": [-0.04, 0.06]}
+    assert _cell(summary, 100) == "1.00 ± 2.00 [0.00, 6.00]"
+    assert _cell({**summary, "mean": 0.99, "ci95": [0.94, 1.04]}, 100).endswith("[94.00, 100.00]")
+    assert _cell(summary, 1) == "0.01 ± 0.02 [-0.04, 0.06]"  # not a percentage: as computed

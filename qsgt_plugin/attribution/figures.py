@@ -138,7 +138,9 @@ def band_figure(
                 )
                 label = f"{group}, {name} (n={len(values)})"
                 ax.plot(xs, mean, styles.get(name, "-"), color=colours(i % 10), label=label)
-                ax.fill_between(xs, mean - std, mean + std, color=colours(i % 10), alpha=0.15)
+                # the curves are percentages: a band never leaves 0..100
+                low, high = np.clip(mean - std, 0, 100), np.clip(mean + std, 0, 100)
+                ax.fill_between(xs, low, high, color=colours(i % 10), alpha=0.15)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel((xlabels or {}).get(panel, "pixels removed (%)"))
         ax.set_ylabel(ylabel)

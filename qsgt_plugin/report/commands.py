@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from qsgt_plugin.attribution import (
     ModelView,
     alpha_figure,
@@ -139,7 +141,8 @@ def compare_runs(
     _same_dataset(runs)
     check_method(method, runs)
     out = check_figure(out)
-    x, y = next(iter(runs[0].test_loader(limit=images)))
+    batches = list(runs[0].test_loader(limit=images))  # all of them: eval batches may be small
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     mean, std = runs[0].normalisation
     result = compare_views(model_views(runs, float_views), x, y, method=method, fidelity=fidelity)
     figure = attribution_grid(

@@ -39,6 +39,8 @@ def _cell(summary: dict, scale: float) -> str:
     if summary["n"] < 2 or math.isnan(std):
         return f"{mean:.2f}"
     low, high = (scale * v for v in summary["ci95"])
+    if scale == 100:  # percentages (accuracies, areas under curves in 0..1): bounded
+        low, high = max(low, 0.0), min(high, 100.0)
     return f"{mean:.2f} ± {std:.2f} [{low:.2f}, {high:.2f}]"
 
 

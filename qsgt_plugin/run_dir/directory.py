@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -18,6 +19,8 @@ from qsgt_plugin.recipe import Recipe, save_recipe
 
 __all__ = ["LOCK_ENV", "RunDir", "read_metrics"]
 
+log = logging.getLogger(__name__)
+
 LOCK_ENV = "QSGT_RUN_LOCK_HELD"
 """Set by ``qsgt train --nproc``, whose launcher holds the lock for its ranks."""
 
@@ -25,18 +28,21 @@ LOCK_ENV = "QSGT_RUN_LOCK_HELD"
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a ``metrics.jsonl`` (or of the run directory holding one).
 
-    A line a kill cut short (the last one) is skipped; a missing log is an empty list.
+    A line a kill cut short (the last one) is skipped; a line that is not JSON elsewhere is
+    skipped with a warning naming it; a missing log is an empty list.
     """
     path = Path(path)
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if number < len(lines) and line.strip():  # not the cut-short last line
+                log.warning("%s: line %d is not a JSON record; skipped", path, number)
     return records
 
 
