@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from qsgt_plugin.errors import CheckpointError
+from qsgt_plugin.errors import DISK_FULL, CheckpointError, RunDirError
 
 __all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -32,8 +32,16 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # torch's archive writer reports a full disk as "[enforce fail at inline_container.cc]
+        # ... file write failed", a RuntimeError
+        full = isinstance(exc, OSError) and exc.errno in DISK_FULL
+        if full or (isinstance(exc, RuntimeError) and "write failed" in str(exc)):
+            raise RunDirError(
+                f"cannot write {path}: no space left on the device; free some space, then "
+                "continue with --resume (the last complete checkpoint is kept)"
+            ) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

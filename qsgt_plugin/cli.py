@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qsgt_plugin.cli_parser import build_parser
-from qsgt_plugin.errors import QsgtError
+from qsgt_plugin.errors import DISK_FULL, QsgtError
 
 log = logging.getLogger("qsgt_plugin")
 
@@ -344,16 +344,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"qsgt {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if args.debug:
-            raise
+    except OSError as exc:
+        if args.debug or exc.errno not in DISK_FULL:
+            return _internal(args, exc)
+        where = f" writing {exc.filename}" if exc.filename else ""
         print(
-            f"qsgt {args.command}: internal error ({type(exc).__name__}: "
-            f"{_one_line(str(exc))}). This is a bug in qsgt; rerun with --debug for the "
-            "traceback and report it.",
+            f"qsgt {args.command}: error: no space left on the device{where}; free some space "
+            "and rerun (every output is written whole or not at all)",
             file=sys.stderr,
         )
-        return 1
+        return 2
+    except Exception as exc:
+        return _internal(args, exc)
+
+
+def _internal(args: argparse.Namespace, exc: Exception) -> int:
+    if args.debug:
+        raise exc
+    print(
+        f"qsgt {args.command}: internal error ({type(exc).__name__}: "
+        f"{_one_line(str(exc))}). This is a bug in qsgt; rerun with --debug for the "
+        "traceback and report it.",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

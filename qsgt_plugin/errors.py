@@ -8,7 +8,10 @@ values, ``FileNotFoundError`` for missing files, ...).
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
+    "DISK_FULL",
     "CheckpointError",
     "DatasetNotFoundError",
     "ExportError",
@@ -23,6 +26,10 @@ __all__ = [
     "TrainingDivergedError",
     "UsageError",
 ]
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""``OSError.errno`` of a full device or an exceeded quota: the CLI says so in one line."""
 
 
 class QsgtError(Exception):

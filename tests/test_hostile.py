@@ -7,6 +7,7 @@ was written where it should not be.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -409,3 +410,58 @@ def test_a_figure_named_without_a_suffix_is_written_and_recorded_as_png(runs, tm
     assert numbers["figure"] == str(tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
     assert not out.exists()
+
+
+def _full_disk(path, *args, **kwargs):
+    """A writer that gets half-way, then finds the device full."""
+    with open(path, "wb") as f:
+        f.write(b"half a file")
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+@pytest.mark.parametrize("command", ["alpha-plot", "export", "compare"])
+def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing_partial(
+    command, runs, tmp_path, capsys, monkeypatch
+):
+    import matplotlib.figure
+
+    import qsgt_plugin.quant.export
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, p, **k: _full_disk(p))
+    monkeypatch.setattr(
+        qsgt_plugin.quant.export,
+        "export_ready",
+        lambda model: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left", "x.onnx")),
+    )
+    out = tmp_path / ("model.onnx" if command == "export" else "figure.png")
+    out.write_bytes(b"an earlier, complete file")
+    argv = [command, str(runs["w4a4"]), "--out", str(out)]
+    assert main(argv + (["--images", "2"] if command == "compare" else [])) == 2
+    err = capsys.readouterr().err
+    assert f"qsgt {command}: error: no space left on the device" in err
+    assert len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == b"an earlier, complete file"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary left
+
+
+def test_a_checkpoint_on_a_full_disk_keeps_the_last_complete_one(tmp_path, monkeypatch):
+    from qsgt_plugin import checkpoint
+    from qsgt_plugin.errors import RunDirError
+
+    path = tmp_path / "last.pt"
+    complete = {"step": 1, "model": {}, "model_config": {}, "recipe": {}}
+    save_checkpoint(complete, path)
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
+            "file data/0: file write failed"
+        )
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(RunDirError, match="no space left on the device; free some space, then"):
+        save_checkpoint({**complete, "step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -18,6 +18,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from qsgt_plugin.utils import atomic_output
+
 __all__ = [
     "alpha_figure",
     "attribution_grid",
@@ -220,6 +222,6 @@ def alpha_figure(records: list[dict], path: str | Path, *, title: str = "") -> P
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp)
     return path

@@ -23,6 +23,7 @@ from qsgt_plugin.precision.sensitivity import print_progress, sensitivity
 from qsgt_plugin.precision.units import FLOAT_BITS, Unit, layer_units, unit_overrides, variant
 from qsgt_plugin.quant import model_size_bytes
 from qsgt_plugin.run_dir import Run
+from qsgt_plugin.utils import atomic_output
 
 __all__ = ["plan_mixed_precision", "write_sensitivity"]
 
@@ -50,9 +51,11 @@ def write_sensitivity(
         names = ", ".join(u.weight for u in layer_units(run))
         raise UsageError(f"--layers: {exc}; the layers are {names}") from None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sensitivity.json").write_text(json.dumps(result, indent=2))
+    with atomic_output(out / "sensitivity.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     result["figure"] = str(sensitivity_figure(result, out / "sensitivity.png"))
-    (out / "sensitivity.md").write_text(sensitivity_tables(result))
+    with atomic_output(out / "sensitivity.md") as tmp:
+        tmp.write_text(sensitivity_tables(result))
     return result
 
 
@@ -170,6 +173,6 @@ def uniform_sizes(run: Run, sized: SizedUnits, bits: list[int]) -> dict[int, int
 
 
 def write_recipe(recipe: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from qsgt_plugin.utils import atomic_output
+
 __all__ = ["sensitivity_figure", "sensitivity_tables"]
 
 
@@ -55,8 +57,8 @@ def sensitivity_figure(result: dict, path: str | Path) -> Path:
     )
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 

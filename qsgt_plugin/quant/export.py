@@ -31,6 +31,7 @@ from qsgt_plugin.quant.layers import QuantAct
 from qsgt_plugin.quant.pact import ALPHA_MIN, PACTReLU, PACTReLU6, StableActQuantProxy
 from qsgt_plugin.quant.state import clip_level
 from qsgt_plugin.quant.weight import DoReFaWeightQuant
+from qsgt_plugin.utils import atomic_output
 
 __all__ = ["ExportError", "export_onnx", "export_ready"]
 
@@ -66,13 +67,12 @@ def export_onnx(
             "pip install 'qsgt-plugin[export]'"
         ) from None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ready = export_ready(model).to(example_inputs.device)
-    with torch.no_grad():
+    with torch.no_grad(), atomic_output(path) as tmp:
         export_onnx_qcdq(
             ready,
             args=example_inputs,
-            export_path=str(path),
+            export_path=str(tmp),
             dynamo=False,  # torch.export cannot trace Brevitas' proxies yet
             opset_version=opset_version,
             input_names=["input"],

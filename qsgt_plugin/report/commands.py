@@ -26,6 +26,7 @@ from qsgt_plugin.evaluation import evaluate
 from qsgt_plugin.quant import model_size_bytes, quantization_disabled
 from qsgt_plugin.run_dir import Run, load_run
 from qsgt_plugin.sgt import make_attribution
+from qsgt_plugin.utils import atomic_output
 
 __all__ = [
     "accuracy_table",
@@ -114,7 +115,8 @@ def check_method(method: str, runs: list[Run]) -> None:
 
 
 def write_json(numbers: dict[str, Any], path: Path) -> Path:
-    path.write_text(json.dumps(numbers, indent=2))
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(numbers, indent=2))
     return path
 
 
