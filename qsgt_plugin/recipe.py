@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qsgt_plugin.errors import RecipeError
+from qsgt_plugin.files import atomic_output
 
 __all__ = ["Recipe", "RecipeError", "apply_overrides", "load_recipe", "parse_recipe", "save_recipe"]
 
@@ -263,7 +264,8 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
     """Write the fully resolved recipe (every default spelled out)."""
-    Path(path).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
 
 def _describe(error: dict) -> str:

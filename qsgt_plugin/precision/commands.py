@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from qsgt_plugin.errors import UsageError
+from qsgt_plugin.files import atomic_output
 from qsgt_plugin.precision.mixed import (
     Choice,
     ceil_bytes,
@@ -23,7 +24,6 @@ from qsgt_plugin.precision.sensitivity import print_progress, sensitivity
 from qsgt_plugin.precision.units import FLOAT_BITS, Unit, layer_units, unit_overrides, variant
 from qsgt_plugin.quant import model_size_bytes
 from qsgt_plugin.run_dir import Run
-from qsgt_plugin.utils import atomic_output
 
 __all__ = ["plan_mixed_precision", "write_sensitivity"]
 

@@ -27,11 +27,11 @@ from brevitas.quant import Int8WeightPerTensorFloat, Uint8ActPerTensorFloatMaxIn
 from torch import Tensor, nn
 
 from qsgt_plugin.errors import ExportError
+from qsgt_plugin.files import atomic_output
 from qsgt_plugin.quant.layers import QuantAct
 from qsgt_plugin.quant.pact import ALPHA_MIN, PACTReLU, PACTReLU6, StableActQuantProxy
 from qsgt_plugin.quant.state import clip_level
 from qsgt_plugin.quant.weight import DoReFaWeightQuant
-from qsgt_plugin.utils import atomic_output
 
 __all__ = ["ExportError", "export_onnx", "export_ready"]
 

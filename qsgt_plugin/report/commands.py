@@ -23,10 +23,10 @@ from qsgt_plugin.attribution import (
 )
 from qsgt_plugin.errors import UsageError
 from qsgt_plugin.evaluation import evaluate
+from qsgt_plugin.files import atomic_output
 from qsgt_plugin.quant import model_size_bytes, quantization_disabled
 from qsgt_plugin.run_dir import Run, load_run
 from qsgt_plugin.sgt import make_attribution
-from qsgt_plugin.utils import atomic_output
 
 __all__ = [
     "accuracy_table",
