@@ -257,7 +257,8 @@ def _export(args: argparse.Namespace) -> int:
     run = load_run(args.checkpoint)
     out = check_output(Path(args.out) if args.out else run.path / "model.onnx")
     # The input shape comes from the recipe's dataset; no data is read.
-    export_onnx(run.model, out, example_batch(run.recipe.data.dataset, 1))
+    exporters = {"onnx": export_onnx}  # --format, one writer per format
+    exporters[args.format](run.model, out, example_batch(run.recipe.data.dataset, 1))
     quantized = model_size_bytes(run.model)
     with quantization_disabled(run.model):
         fp32 = model_size_bytes(run.model)

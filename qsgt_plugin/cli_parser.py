@@ -116,7 +116,12 @@ def _training(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p = command("export", "export a checkpoint as a QCDQ ONNX model")
     p.add_argument("checkpoint", help="a run directory or a checkpoint written by `qsgt train`")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (QCDQ)")
+    p.add_argument(
+        "--format",
+        choices=["onnx"],
+        default="onnx",
+        help="onnx: Brevitas' QCDQ graph (the only format so far)",
+    )
     p.add_argument("--out", help="output file (default: model.onnx beside the checkpoint)")
 
 

@@ -18,7 +18,6 @@ import sys
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +38,6 @@ _OTHER = {
     F.leaky_relu: "leaky_relu", F.hardsigmoid: "hardsigmoid", torch.sigmoid: "sigmoid",
     Tensor.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", Tensor.tanh: "tanh",
 }  # fmt: skip
-_TORCH = str(Path(torch.__file__).parent)
 _state = threading.local()  # .busy: a call is being handled (its inner calls pass through)
 
 
