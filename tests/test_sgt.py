@@ -225,15 +225,32 @@ def test_hook_leaves_eval_mode_alone():
 
 
 def test_fused_path_uses_the_train_mode_input_gradient():
-    model = linear_model()
-    x, y = torch.randn(3, 2, 4, 5), torch.tensor([2, 0, 1])
+    """With BatchNorm the train-mode and eval-mode input gradients differ; the fused loss is
+    the one built from the train-mode gradient of the clean forward, computed here by hand."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 4),
+    ).train()
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
     sgt = SaliencyGuidedTraining(model, mask_fraction=0.5, fused=True, fill="mean")
     loss = sgt.loss(x, y, nn.CrossEntropyLoss())
-    explicit = SaliencyGuidedTraining(model, mask_fraction=0.5, fill="mean").loss(
-        x, y, nn.CrossEntropyLoss()
-    )
-    # A linear model has no mode-dependent layers, so both saliencies coincide.
-    torch.testing.assert_close(loss, explicit)
+    leaf = x.clone().requires_grad_()
+    logits = model(leaf)
+    (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), leaf)
+    train_saliency = grad.abs().mean(1)
+    masked = sgt.masked_input(x, y, train_saliency)
+    kl = F.kl_div(
+        F.log_softmax(model(masked), 1), F.log_softmax(logits, 1), log_target=True,
+        reduction="batchmean",
+    )  # fmt: skip
+    torch.testing.assert_close(loss, F.cross_entropy(logits, y) + kl)
+    # the eval-mode (Captum) saliency picks other positions: the check above can tell them apart
+    assert not torch.equal(sgt.mask(x, y, train_saliency), sgt.mask(x, y))
 
 
 def test_works_on_a_converted_model():
