@@ -6,6 +6,7 @@ import copy
 import re
 import sys
 import textwrap
+from contextlib import contextmanager
 
 import pytest
 import timm
@@ -102,9 +103,9 @@ def test_a_name_registered_twice_names_both_plugins():
         Registry(pm)
 
 
-@pytest.fixture
-def timm_registry_restored():
-    """Models a test files in timm's registry are gone when it ends."""
+@contextmanager
+def restored_timm_registry():
+    """Models filed in timm's registry inside the block are gone when it ends."""
     from timm.models import _registry
 
     saved = {
@@ -112,11 +113,19 @@ def timm_registry_restored():
         for name in dir(_registry)
         if name.startswith("_model") and isinstance(getattr(_registry, name), (dict, set))
     }
-    yield
-    for name, value in saved.items():
-        current = getattr(_registry, name)
-        current.clear()
-        current.update(value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            current = getattr(_registry, name)
+            current.clear()
+            current.update(value)
+
+
+@pytest.fixture
+def timm_registry_restored():
+    with restored_timm_registry():
+        yield
 
 
 def test_a_model_plugin_files_its_model_in_timm(timm_registry_restored):
@@ -134,8 +143,22 @@ def test_a_model_plugin_files_its_model_in_timm(timm_registry_restored):
     assert model(torch.randn(2, 3, 2, 2)).shape == (2, 3)
 
 
-def test_the_test_model_left_timm_registry():
-    assert not timm.is_model("qsgt_test_tiny_net")
+def test_a_test_model_leaves_timm_registry_when_the_test_ends():
+    """The fixture above in isolation: a model filed inside the block is gone after it."""
+
+    def qsgt_test_transient_net(pretrained=False, num_classes=10, **kwargs):
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, num_classes))
+
+    class Models:
+        @hookimpl
+        def register_models(self, register):
+            register(qsgt_test_transient_net)
+
+    with restored_timm_registry():
+        fresh_registry(Models())
+        assert timm.is_model("qsgt_test_transient_net")
+    assert not timm.is_model("qsgt_test_transient_net")
+    assert timm.is_model("resnet20")  # what was there before stays
 
 
 class Ternary:
