@@ -32,6 +32,31 @@ def working_tree() -> dict[str, tuple[int, int]]:
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_TREE] = working_tree()
     _require_data()
+    _require_extras()
+
+
+# The cross-checks against these are importorskip'ped for a plain install; CI installs the
+# test extra and sets QSGT_REQUIRE_EXTRAS, so a broken extra fails the run instead of
+# skipping them silently.
+EXTRAS = ("onnx", "onnxruntime", "onnxoptimizer", "quantus", "statsmodels")
+
+
+def _require_extras() -> None:
+    if not os.environ.get("QSGT_REQUIRE_EXTRAS"):
+        return
+    import importlib
+
+    missing = []
+    for name in EXTRAS:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # an extra that is there but broken counts as missing
+            missing.append(f"{name} ({type(exc).__name__})")
+    if missing:
+        raise pytest.UsageError(
+            f"QSGT_REQUIRE_EXTRAS is set but {', '.join(missing)} cannot be imported: the "
+            "cross-checks against them would be skipped. Install the test extra."
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

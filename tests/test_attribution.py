@@ -159,12 +159,18 @@ def test_model_size_counts_quantized_weights_at_their_bit_width():
         assert model_size_bytes(qmodel) == fp32 + 19 * 4  # float weights, plus the alphas
 
 
-def test_metrics_are_json_serialisable():
+def test_metrics_survive_a_json_round_trip_with_their_values():
+    torch.manual_seed(0)
     result = compare_views(
-        [ModelView("m", small_model())],
+        [ModelView("m", small_model()), ModelView("n", small_model())],
         torch.randn(2, 1, 28, 28),
         torch.tensor([0, 1]),
         fidelity=False,
         progress=False,
     )
-    json.dumps(result.numbers())
+    numbers = result.numbers()
+    assert json.loads(json.dumps(numbers)) == numbers  # plain floats and strings, nothing lost
+    assert set(numbers["views"]) == {"m", "n"}
+    assert all(0 <= v["gini"] <= 1 for v in numbers["views"].values())
+    (pair,) = numbers["pairs"]
+    assert (pair["a"], pair["b"]) == ("m", "n") and -1 <= pair["spearman"] <= 1
