@@ -3,6 +3,7 @@
     python benchmarks/reproduce.py --list
     python benchmarks/reproduce.py mnist-w4a4-sgt --seed 1      # one row; skipped if measured
     python benchmarks/reproduce.py --table mnist                 # every MNIST row not yet measured
+    python benchmarks/reproduce.py --table cifar10-cpu           # CIFAR-10 parents, fine-tunings
     python benchmarks/reproduce.py --summary                     # rewrite the mean +- std table
     python benchmarks/reproduce.py --quick mnist-w4a4-sgt --results /tmp/R.md   # CPU smoke (CI)
 
@@ -106,6 +107,22 @@ EXPERIMENTS = _experiments()
 TABLE = [
     (f"{{d}}-{v}", seed) for seed in (0, 1, 2) for v in ("w4a4-sgt", "fp32-sgt", "w4a4", "fp32")
 ] + [(f"{{d}}-w{b}a{b}-sgt", 0) for b in (2, 3, 8)]
+# CIFAR-10 on the CPU, in the order that gives whole seeds first: each seed's float parent, then
+# its fine-tunings; then the other widths from the seed-0 parent and the from-scratch run.
+CPU_TABLE = (
+    [
+        (name, seed)
+        for seed in (0, 1, 2)
+        for name in (
+            "cifar10-fp32-cpu",
+            "cifar10-w4a4-sgt-ft",
+            "cifar10-w4a4-ft",
+            "cifar10-fp32-sgt-ft",
+        )
+    ]
+    + [(f"cifar10-w{b}a{b}-sgt-ft", 0) for b in (2, 3, 8)]
+    + [("cifar10-w4a4-sgt-scratch", 0)]
+)
 QUICK = [
     "train.max_steps=3",
     "train.epochs=1",
@@ -227,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("experiments", nargs="*", metavar="NAME")
     parser.add_argument("--seed", type=int, default=0, help="train.seed of the named runs (0)")
-    parser.add_argument("--table", choices=["mnist", "cifar10"], help="every row of the table")
+    parser.add_argument(
+        "--table",
+        choices=["mnist", "cifar10", "cifar10-cpu"],
+        help="every row of a table (cifar10: the papers' GPU schedule; cifar10-cpu: a float "
+        "parent per seed and fine-tunings from it)",
+    )
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--quick", action="store_true", help="3 steps on a few images (CI)")
     parser.add_argument("--force", action="store_true", help="rerun rows already measured")
@@ -242,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
     parser.add_argument("--runs", type=Path, help="where runs go (default: runs/reproduce)")
     args = parser.parse_args(argv)
-    jobs = [(n.format(d=args.table), s) for n, s in TABLE] if args.table else []
+    if args.table == "cifar10-cpu":
+        jobs = list(CPU_TABLE)
+    else:
+        jobs = [(n.format(d=args.table), s) for n, s in TABLE] if args.table else []
     jobs += [(name, args.seed) for name in args.experiments]
     if args.list or not (jobs or args.summary):
         for name, (recipe, overrides) in EXPERIMENTS.items():
