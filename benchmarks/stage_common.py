@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
+
+from qsgt_plugin.run_dir import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +30,7 @@ def run_logged(command: list[str], log: Path, timeout: float) -> tuple[int, floa
 
 def training_summary(run: Path, target: float) -> dict:
     """The evaluations a ``qsgt train`` run logged, and when it first reached ``target``."""
-    metrics = run / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.exists() else []
-    evals = [r for r in map(json.loads, filter(str.strip, lines)) if r["kind"] == "eval"]
+    evals = [r for r in read_metrics(run) if r["kind"] == "eval"]  # the run_dir's own reader
     reached = next((r for r in evals if r["test_acc"] >= target), None)
     return {
         "evals": [{k: r[k] for k in ("epoch", "step", "test_acc", "elapsed")} for r in evals],
