@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from typing import Any
@@ -107,20 +108,24 @@ class Registry(Catalogue):
         self._collect("register_models", "model", self._add_model)
 
     def _collect(self, hook_name: str, kind: str, add: Callable[[str, object, str], None]) -> None:
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+        """Call the hook through pluggy (its order, wrappers and tracing apply); ``register``
+        tells which plugin's implementation is calling it from the call stack."""
+        caller = getattr(self.pm.hook, hook_name)
+        owners = {_code(impl.function): impl.plugin_name for impl in caller.get_hookimpls()}
 
-            def register(item: object, _plugin: str = impl.plugin_name) -> None:
-                name = _item_name(item, kind)
-                previous = self._owner.get((kind, name))
-                if previous is not None:
-                    raise PluginError(
-                        f"{kind} {name!r} is registered twice: by plugin {previous!r} and by "
-                        f"plugin {_plugin!r}. Rename one of them."
-                    )
-                add(name, item, _plugin)
-                self._owner[(kind, name)] = _plugin
+        def register(item: object) -> None:
+            plugin = _calling_plugin(owners)
+            name = _item_name(item, kind)
+            previous = self._owner.get((kind, name))
+            if previous is not None:
+                raise PluginError(
+                    f"{kind} {name!r} is registered twice: by plugin {previous!r} and by "
+                    f"plugin {plugin!r}. Rename one of them."
+                )
+            add(name, item, plugin)
+            self._owner[(kind, name)] = plugin
 
-            impl.function(register=register)
+        caller(register=register)
 
     def _add_method(self, name: str, method: object, plugin: str) -> None:
         if not isinstance(method, QuantMethod):
@@ -144,6 +149,20 @@ class Registry(Catalogue):
         else:
             timm.models.register_model(fn)
         self.models[name] = fn
+
+
+def _code(function: Callable) -> object:
+    return getattr(function, "__code__", None) or function.__call__.__code__
+
+
+def _calling_plugin(owners: dict[object, str]) -> str:
+    """The plugin whose hook implementation is on the call stack (the nearest one)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code in owners:
+            return owners[frame.f_code]
+        frame = frame.f_back
+    return "an unknown plugin"
 
 
 def _item_name(item: object, kind: str) -> str:

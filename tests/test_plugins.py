@@ -265,3 +265,21 @@ def test_every_hook_specification_has_a_test_here():
     assert hooks == ["register_models", "register_quant_methods", "register_weight_quantizers"]
     for hook in hooks:
         assert f"def {hook}(self, register)" in source, f"no test plugin implements {hook}"
+
+
+def test_hooks_are_called_through_pluggy_so_wrappers_see_them():
+    """A hook wrapper sees the registration call (it never ran when the registry called each
+    implementation itself)."""
+    seen = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def register_quant_methods(self, register):
+            seen.append("before")
+            result = yield
+            seen.append("after")
+            return result
+
+    registry = fresh_registry(Wrapper())
+    assert seen == ["before", "after"]
+    assert set(registry.methods) == {"pact", "pact_lsq"}
