@@ -324,11 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # named with the subcommand, as argparse's own errors are
         command = getattr(args, "command", None)
         prog = f"qsgt {command}" if command else "qsgt"
-        print(
-            f"{prog}: error: unrecognized arguments: {' '.join(extra)}; see {prog} --help",
-            file=sys.stderr,
+        parser.exit(
+            2, f"{prog}: error: unrecognized arguments: {' '.join(extra)}; see {prog} --help\n"
         )
-        return 2
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
