@@ -149,7 +149,7 @@ class SaliencyGuidedTraining:
         if not self.active:
             return ce
         self.last = {"ce": ce.detach()}
-        return ce + self._kl_term(x, y, logits, reduction)
+        return ce + self.kl_term(x, y, logits, reduction)
 
     def check_batch(self, x: Tensor, y: Tensor) -> None:
         """``ValueError`` / ``TypeError`` for a batch SGT cannot mask (no device sync)."""
@@ -182,16 +182,6 @@ class SaliencyGuidedTraining:
         ``select`` picks the logits out of the model's output where it is a tuple or a dict.
         """
         _check_labels(y, logits)
-        return self._kl_term(x, y, logits, reduction, select)
-
-    def _kl_term(
-        self,
-        x: Tensor,
-        y: Tensor,
-        logits: Tensor,
-        reduction: str = "mean",
-        select: Callable[[Any], Tensor] | None = None,
-    ) -> Tensor:
         if self.fused:
             if not x.requires_grad:
                 raise ValueError(
