@@ -36,6 +36,7 @@ __all__ = [
     "build_model",
     "calibrate",
     "check_buildable",
+    "check_offset",
     "check_recipe",
     "lr_factor",
     "make_criterion",
@@ -275,14 +276,10 @@ def make_loader(
     """
     data = recipe.data
     info = DATASETS[data.dataset]
+    check_offset(recipe, offset, train)
     images, labels = load_split(data.dataset, train, data.root, verify=data.verify)
     subset = data.train_subset if train else data.test_subset
     keep = min(n for n in (subset, len(labels)) if n is not None)
-    if offset >= keep:
-        raise UsageError(
-            f"--offset {offset}: the {data.dataset} {'training' if train else 'test'} split has "
-            f"{keep} images; use an offset below {keep}"
-        )
     end = keep if limit is None else min(keep, offset + limit)
     images, labels = images[offset:end], labels[offset:end]
     layout = dict(device=device, resident=fast, channels_last=channels_last)
@@ -302,6 +299,19 @@ def make_loader(
         shard=shard,
         **layout,
     )
+
+
+def check_offset(recipe: Recipe, offset: int, train: bool = False) -> None:
+    """``UsageError`` for an ``offset`` that leaves no image of the split (reads no data)."""
+    data, info = recipe.data, DATASETS[recipe.data.dataset]
+    subset = data.train_subset if train else data.test_subset
+    whole = info.train_size if train else info.test_size
+    size = whole if subset is None else min(subset, whole)
+    if offset >= size:
+        raise UsageError(
+            f"--offset {offset}: the {data.dataset} {'training' if train else 'test'} split has "
+            f"{size} images; use an offset below {size}"
+        )
 
 
 def _augmentation(data: DataSection) -> tuple[int, str]:

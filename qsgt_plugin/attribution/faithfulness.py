@@ -23,7 +23,6 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
-from qsgt_plugin.evaluation import correct_count
 from qsgt_plugin.sgt.masking import apply_mask, ranking, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
 from qsgt_plugin.utils import eval_mode
@@ -121,12 +120,13 @@ class DeletionInsertion:
                     self.sums[curve][r, i] += p.sum().cpu()
                     self.sums[f"{curve}_n"][r, i] += (p / clean).sum().cpu()
                     if curve == "deletion":
-                        self.correct[r, i] += correct_count(logits, y).cpu()
+                        right = (logits.argmax(1) == y).float().cpu()
+                        self.correct[r, i] += right.sum()
                     if r == 0:
                         rows[curve][:, i] = p.float().cpu()
                         rows[f"{curve}_normalised"][:, i] = (p / clean).float().cpu()
                         if curve == "deletion":
-                            rows["masking"][:, i] = (logits.argmax(1) == y).float().cpu()
+                            rows["masking"][:, i] = right
         for key, values in rows.items():
             self.rows[key].append(values)
         self.images += len(x)

@@ -20,8 +20,8 @@ from typing import Any
 
 from qsgt_plugin.attribution import band_figure, explanation_suite, mprt_figure
 from qsgt_plugin.attribution.stats import TEST
+from qsgt_plugin.build import check_offset
 from qsgt_plugin.data import DATASETS
-from qsgt_plugin.errors import UsageError
 from qsgt_plugin.report.commands import (
     accuracy_table,
     alpha_plot,
@@ -68,13 +68,8 @@ def build_report(
     check_method(method, runs)
     for dataset in {run.recipe.data.dataset for run in runs}:  # a seed given twice: refused now
         group_runs([run for run in runs if run.recipe.data.dataset == dataset])
-    for run in runs:
-        size = run.recipe.data.test_subset or DATASETS[run.recipe.data.dataset].test_size
-        if offset >= size:
-            raise UsageError(
-                f"--offset {offset}: the {run.recipe.data.dataset} test split has {size} images; "
-                f"use an offset below {size}"
-            )
+    for run in runs:  # before any work, as the loaders would refuse it
+        check_offset(run.recipe, offset)
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{final.name}-", dir=final.parent) as tmp:
         subset = (offset, curve_images)

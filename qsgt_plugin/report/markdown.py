@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qsgt_plugin.report.seeds import sgt_kept
+from qsgt_plugin.report.statistics import BOOTSTRAP_DRAWS
 
 __all__ = ["markdown"]
 
@@ -163,7 +164,8 @@ def _pairs(pairs: list[dict], test: str) -> list[str]:
         f"with its approximate 95% interval; p from {test} over seeds "
         f"({'/'.join(map(str, seeds))} per group), then Holm-adjusted over the family; the "
         "95% interval of a hierarchical bootstrap that resamples seeds and then images "
-        f"({'/'.join(map(str, images))} per run; 4000 draws). *Beyond noise*: adjusted p < 0.05. "
+        f"({'/'.join(map(str, images))} per run; {BOOTSTRAP_DRAWS} draws). *Beyond noise*: "
+        "adjusted p < 0.05. "
         "*Finding*: beyond noise and a bootstrap interval that excludes 0, so the difference "
         "holds over seeds and images; it is then in SGT's favour (better) or against it (worse).",
         "",
@@ -185,7 +187,7 @@ def _pairs(pairs: list[dict], test: str) -> list[str]:
     return lines
 
 
-UNSCALED = {"mprt_mean", "mprt_last", "random_logit", "gini", "entropy"}
+UNSCALED = {name for name, _, scale in OTHERS if scale == 1}  # similarities, not percentages
 
 
 def _interval(value: float | None, ci: list[float], scale: float) -> str:

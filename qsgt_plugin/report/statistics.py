@@ -29,9 +29,10 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from qsgt_plugin.attribution.stats import ALPHA, compare
+
 __all__ = ["ALPHA", "BOOTSTRAP_DRAWS", "hedges_g", "hierarchical_bootstrap", "holm", "welch"]
 
-ALPHA = 0.05
 BOOTSTRAP_DRAWS = 4000
 
 
@@ -56,14 +57,13 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict:
 
     With fewer than two values on a side there is no test: p and the interval are NaN.
     """
-    difference = statistics.fmean(b) - statistics.fmean(a)
-    if min(len(a), len(b)) < 2:
-        return {"difference": difference, "p": math.nan, "ci95": [math.nan, math.nan]}
+    tested = compare(a, b)  # the difference and p, as the seed summaries test them
+    difference, p = tested["difference"], tested["p"]
+    if math.isnan(p):
+        return {"difference": difference, "p": p, "ci95": [math.nan, math.nan]}
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:  # no spread on either side: equal means are no difference
-        p = 1.0 if difference == 0 else 0.0
+    if va + vb == 0:  # no spread on either side: the difference is exact
         return {"difference": difference, "p": p, "ci95": [difference, difference]}
-    p = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = float(stats.t.ppf(1 - ALPHA / 2, dof)) * math.sqrt(va + vb)
     return {"difference": difference, "p": p, "ci95": [difference - half, difference + half]}
