@@ -88,7 +88,7 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
             "quant.alpha_init=calibrate",
             "sgt.enabled=true",
             "sgt.mask_fraction=0.1",
-            "train.epochs=88",
+            "train.epochs=58",
         ],
     )
     # Fine-tunings of the MNIST W4A4 + SGT seed-0 run: the mixed-precision recipe that
