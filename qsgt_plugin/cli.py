@@ -248,7 +248,10 @@ def _mixed_precision(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from qsgt_plugin.build import example_batch
+    import torch
+
+    from qsgt_plugin.build import example_batch, make_loader
+    from qsgt_plugin.errors import DatasetNotFoundError
     from qsgt_plugin.quant import model_size_bytes, quantization_disabled
     from qsgt_plugin.quant.export import export_onnx
     from qsgt_plugin.report import check_output
@@ -256,17 +259,39 @@ def _export(args: argparse.Namespace) -> int:
 
     run = load_run(args.checkpoint)
     out = check_output(Path(args.out) if args.out else run.path / "model.onnx")
-    # The input shape comes from the recipe's dataset; no data is read.
-    exporters = {"onnx": export_onnx}  # --format, one writer per format
-    exporters[args.format](run.model, out, example_batch(run.recipe.data.dataset, 1))
+    example = example_batch(run.recipe.data.dataset, 1)
+    calibration = None
+    if args.format == "qdq":  # 8-bit quantizers where the model has none: measured on images
+        n = run.recipe.quant.calibration_images
+        try:
+            loader = make_loader(run.recipe, True, torch.device("cpu"), limit=n, calibration=True)
+        except DatasetNotFoundError as exc:
+            raise DatasetNotFoundError(
+                f"{exc} The qdq format measures its 8-bit ranges on {n} training images; "
+                "--format packed or qcdq needs no data."
+            ) from None
+        calibration = torch.cat([x for x, _ in loader])
+    export_onnx(run.model, out, example, format=args.format, calibration_inputs=calibration)
     quantized = model_size_bytes(run.model)
     with quantization_disabled(run.model):
         fp32 = model_size_bytes(run.model)
-    print(f"wrote {out} ({out.stat().st_size:,} bytes ONNX)")
+    print(f"wrote {out} ({out.stat().st_size:,} bytes, format {args.format})")
     print(
         f"model size at its quantized bit widths: {quantized:,} bytes; as fp32: {fp32:,} bytes "
         f"({fp32 / quantized:.1f}x smaller)"
     )
+    if args.format == "qdq":
+        from qsgt_plugin.quant.export.qdq import integer_kernel_report
+        from qsgt_plugin.quant.export.writer import agreement
+
+        ops = integer_kernel_report(out)
+        convs = ops.get("QLinearConv", 0)
+        total = convs + ops.get("Conv", 0) + ops.get("FusedConv", 0)
+        print(
+            f"onnxruntime runs {convs} of {total} convolutions and {ops.get('QLinearAdd', 0)} "
+            "residual sums on integer kernels"
+        )
+        print(f"on its calibration images: {agreement(run.model, out, calibration)}")
     return 0
 
 

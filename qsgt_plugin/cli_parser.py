@@ -114,13 +114,15 @@ def _training(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("checkpoint", help="a run directory, or a checkpoint written by `qsgt train`")
     p.add_argument("--data-root", help="dataset folder (default: the recipe's, then QSGT_DATA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p = command("export", "export a checkpoint as a QCDQ ONNX model")
+    p = command("export", "export a checkpoint as an ONNX model for onnxruntime")
     p.add_argument("checkpoint", help="a run directory or a checkpoint written by `qsgt train`")
     p.add_argument(
         "--format",
-        choices=["onnx"],
-        default="onnx",
-        help="onnx: Brevitas' QCDQ graph (the only format so far)",
+        choices=["qdq", "packed", "qcdq"],
+        default="qdq",
+        help="qdq: integer kernels in onnxruntime, the fastest (default; calibrates 8-bit "
+        "quantizers on the recipe's training images); packed: weights stored at their bit "
+        "width, the smallest file, float kernels; qcdq: Brevitas' graph for FINN",
     )
     p.add_argument("--out", help="output file (default: model.onnx beside the checkpoint)")
 

@@ -1,4 +1,5 @@
-"""ONNX export through Brevitas QCDQ, checked with onnxruntime against PyTorch fake quantization."""
+"""ONNX export in Brevitas' QCDQ format, checked with onnxruntime against PyTorch (the integer
+kernel and packed formats: tests/test_deploy.py)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_exported_model_matches_pytorch_fake_quant(tmp_path, method, weight_quan
         alpha_init=3.0,
     ).eval()
     x = torch.randn(32, 1, 28, 28)
-    path = export_onnx(model, tmp_path / "m.onnx", x[:1])
+    path = export_onnx(model, tmp_path / "m.onnx", x[:1], format="qcdq")
     with torch.no_grad():
         expected = model(x).numpy()
     got = run_onnx(path, x)  # a batch of 32 through a graph traced with batch 1
@@ -61,7 +62,7 @@ def test_activations_shared_by_several_call_sites_export(tmp_path):
         torchvision.models.resnet18(num_classes=5), bits=4, example_inputs=torch.randn(1, 3, 64, 64)
     ).eval()
     x = torch.randn(4, 3, 64, 64)
-    path = export_onnx(model, tmp_path / "r18.onnx", x[:1])
+    path = export_onnx(model, tmp_path / "r18.onnx", x[:1], format="qcdq")
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_array_equal(run_onnx(path, x).argmax(1), expected.argmax(1))
@@ -70,14 +71,17 @@ def test_activations_shared_by_several_call_sites_export(tmp_path):
 def test_8_bit_dorefa_weights_cannot_be_exported(tmp_path):
     model = convert(timm.create_model("resnet20"), bits=8).eval()
     with pytest.raises(ExportError, match="8-bit DoReFa weights need 9-bit integers"):
-        export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+        export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32), format="qcdq")
 
 
 def test_missing_export_extra_is_named(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxoptimizer", None)
     model = convert(timm.create_model("resnet20"), bits=4).eval()
-    with pytest.raises(ExportError, match=r"pip install 'qsgt-plugin\[export\]'"):
-        export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32))
+    for module, format in (("onnxoptimizer", "qcdq"), ("onnxruntime", "qdq"), ("onnx", "packed")):
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, module, None)
+            with pytest.raises(ExportError, match=r"pip install 'qsgt-plugin\[export\]'"):
+                export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32), format=format)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.slow
@@ -103,12 +107,14 @@ def test_cli_export_writes_onnx_and_prints_sizes(tmp_path, capsys):
         == 0
     )
     capsys.readouterr()
-    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert main(["export", str(run)]) == 0  # the default format: qdq
     out = capsys.readouterr().out
     assert (run / "model.onnx").stat().st_size > 10_000
     sizes = re.search(r"quantized bit widths: ([\d,]+) bytes; as fp32: ([\d,]+) bytes", out)
     quantized, fp32 = (int(s.replace(",", "")) for s in sizes.groups())
     assert fp32 > 7 * quantized
+    assert re.search(r"onnxruntime runs (\d+) of \1 convolutions", out) is None  # first is float
+    assert "integer kernels" in out
 
 
 def test_a_relu6_site_caps_at_6_in_the_exported_graph_when_alpha_is_larger(tmp_path):
@@ -119,7 +125,7 @@ def test_a_relu6_site_caps_at_6_in_the_exported_graph_when_alpha_is_larger(tmp_p
     model = convert(net, bits=8, weight_quant="int_per_channel", alpha_init=10.0).eval()
     model[1].bias.data.fill_(5.0)  # most activations above 6
     x = torch.randn(8, 3, 16, 16)
-    path = export_onnx(model, tmp_path / "m.onnx", x[:1])
+    path = export_onnx(model, tmp_path / "m.onnx", x[:1], format="qcdq")
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(run_onnx(path, x), expected, atol=1e-5, rtol=1e-5)
@@ -141,7 +147,7 @@ def test_mobilenet_v2_exports_its_relu6_sites(tmp_path, build):
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.bias.fill_(4.0)
-    path = export_onnx(model, tmp_path / "m.onnx", x[:1])
+    path = export_onnx(model, tmp_path / "m.onnx", x[:1], format="qcdq")
     with torch.no_grad():
         expected = model(x).numpy()
     got = run_onnx(path, x)

@@ -332,13 +332,21 @@ def test_a_metrics_line_cut_by_a_kill_does_not_break_alpha_plot_or_report(runs, 
     assert (tmp_path / "alpha.png").stat().st_size > 0
 
 
-def test_export_needs_no_dataset(runs, tmp_path, monkeypatch, capsys):
+def test_export_names_the_data_it_needs_and_the_formats_that_need_none(
+    runs, tmp_path, monkeypatch, capsys
+):
     pytest.importorskip("onnx")
     monkeypatch.setenv("QSGT_DATA", str(tmp_path / "no-data-here"))
     out = tmp_path / "m.onnx"
-    assert main(["export", str(runs["w4a4"]), "--out", str(out)]) == 0
-    assert out.stat().st_size > 0
-    assert "wrote" in capsys.readouterr().out
+    assert main(["export", str(runs["w4a4"]), "--out", str(out)]) == 2  # qdq calibrates
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "no-data-here" in err and "--format packed or qcdq needs no data" in err
+    assert not out.exists()
+    for format in ("packed", "qcdq"):
+        assert main(["export", str(runs["w4a4"]), "--out", str(out), "--format", format]) == 0
+        assert out.stat().st_size > 0
+        assert f"format {format}" in capsys.readouterr().out
 
 
 def test_overwrite_removes_everything_of_the_old_run(tmp_path):
@@ -425,13 +433,13 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing_partial(
 ):
     import matplotlib.figure
 
-    import qsgt_plugin.quant.export
+    import qsgt_plugin.quant.export.writer
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, p, **k: _full_disk(p))
     monkeypatch.setattr(
-        qsgt_plugin.quant.export,
-        "export_ready",
-        lambda model: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left", "x.onnx")),
+        qsgt_plugin.quant.export.writer,
+        "_trace",
+        lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left", "x.onnx")),
     )
     out = tmp_path / ("model.onnx" if command == "export" else "figure.png")
     out.write_bytes(b"an earlier, complete file")

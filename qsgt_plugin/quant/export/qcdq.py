@@ -1,4 +1,4 @@
-"""ONNX export of converted models through Brevitas' QCDQ exporter.
+"""The ``qcdq`` format: converted models through Brevitas' QCDQ exporter.
 
 Brevitas exports its own quantizers. Before export, a copy of the model is rewritten with
 forward-identical stock ones:
@@ -33,7 +33,7 @@ from qsgt_plugin.quant.pact import ALPHA_MIN, PACTReLU, PACTReLU6, StableActQuan
 from qsgt_plugin.quant.state import clip_level
 from qsgt_plugin.quant.weight import DoReFaWeightQuant
 
-__all__ = ["ExportError", "export_onnx", "export_ready"]
+__all__ = ["export_qcdq", "export_ready"]
 
 _FLOAT_ACT = {PACTReLU: nn.ReLU, PACTReLU6: nn.ReLU6}
 
@@ -53,7 +53,7 @@ def export_ready(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_onnx(
+def export_qcdq(
     model: nn.Module, path: str | Path, example_inputs: Tensor, opset_version: int = 17
 ) -> Path:
     """Write ``model`` as a QCDQ ONNX graph (QuantizeLinear / Clip / DequantizeLinear)."""

@@ -1,0 +1,173 @@
+"""Writing the ``qdq`` and ``packed`` formats: trace the export copy, rewrite, check, save."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from qsgt_plugin.errors import ExportError
+from qsgt_plugin.files import atomic_output
+from qsgt_plugin.quant.export.prepare import IntegerActivation, export_copy
+
+__all__ = ["Agreement", "ExportWarning", "agreement", "export_integer", "ort_session"]
+
+
+class ExportWarning(UserWarning):
+    """An export that is correct but does not run as the format promises."""
+
+
+QDQ_OPSET = 17
+"""The opset torch traces at (its TorchScript exporter writes up to 20)."""
+
+
+def _imports():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise ExportError(
+            f"ONNX export needs the export extra ({exc.name} is missing): "
+            "pip install 'qsgt-plugin[export]'"
+        ) from None
+    return onnx, onnxruntime
+
+
+def ort_session(model, threads: int = 1, level: str = "all"):
+    """An onnxruntime CPU session on ``model`` (a path or a ``ModelProto``)."""
+    _, ort = _imports()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    }[level]
+    source = model if isinstance(model, (str, Path)) else model.SerializeToString()
+    return ort.InferenceSession(
+        str(source) if isinstance(source, Path) else source,
+        options,
+        providers=["CPUExecutionProvider"],
+    )
+
+
+def _trace(copy: nn.Module, example: Tensor, opset: int):
+    onnx, _ = _imports()
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # Strided slices (the option-A shortcut) are not folded: that is expected.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(
+            copy,
+            (example,),
+            buffer,
+            dynamo=False,  # autograd functions' symbolic() write the quantized pieces
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            do_constant_folding=True,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _calibrator(inputs: Tensor):
+    onnx, _ = _imports()
+
+    def ranges(model, names: list[str]) -> dict[str, tuple[float, float]]:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        known = {o.name for o in probe.graph.output}
+        for name in names:
+            if name not in known:
+                probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        session = ort_session(probe, threads=torch.get_num_threads(), level="basic")
+        low = {n: np.inf for n in names}
+        high = {n: -np.inf for n in names}
+        for batch in inputs.split(64):
+            values = session.run(names, {"input": batch.float().cpu().numpy()})
+            for name, value in zip(names, values, strict=True):
+                low[name] = min(low[name], float(value.min()))
+                high[name] = max(high[name], float(value.max()))
+        return {n: (low[n], high[n]) for n in names}
+
+    return ranges
+
+
+def export_integer(
+    model: nn.Module,
+    path: Path,
+    example_inputs: Tensor,
+    format: str,
+    calibration_inputs: Tensor | None = None,
+) -> Path:
+    """Write the ``qdq`` or ``packed`` format (see :mod:`qsgt_plugin.quant.export`)."""
+    onnx, _ = _imports()
+    from qsgt_plugin.quant.export import packed, qdq
+
+    copy, weights = export_copy(model)
+    for module in copy.modules():
+        if isinstance(module, IntegerActivation):
+            # The packed format runs float kernels: a quantize / dequantize pair next to its
+            # float weights would make onnxruntime re-quantize those weights to 8 bits.
+            module.integer = format == "qdq"
+    example = example_inputs[:1].detach().float().cpu()
+    graph = _trace(copy.to("cpu"), example, QDQ_OPSET)
+    if format == "qdq":
+        calibration = example_inputs if calibration_inputs is None else calibration_inputs
+        calibration = calibration.detach().float().cpu()
+        graph, stats = qdq.rewrite(graph, weights, _calibrator(calibration))
+    else:
+        graph = packed.rewrite(graph, weights)
+    onnx.checker.check_model(graph)
+    with atomic_output(Path(path)) as tmp:
+        onnx.save(graph, str(tmp))
+        if format == "qdq":
+            try:
+                qdq.check_integer_kernels(tmp, stats)
+            except ExportError as exc:  # the file is right, only slower than it should be
+                warnings.warn(str(exc), ExportWarning, stacklevel=3)
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How an exported graph's outputs compare with the PyTorch model's on some inputs."""
+
+    images: int
+    same_prediction: float
+    """Fraction of inputs whose top-1 class is the same."""
+    mean_abs_diff: float
+    max_abs_diff: float
+
+    def __str__(self) -> str:
+        return (
+            f"same top-1 class as PyTorch on {100 * self.same_prediction:.2f}% of "
+            f"{self.images} images; |logit difference| mean {self.mean_abs_diff:.3g}, "
+            f"max {self.max_abs_diff:.3g}"
+        )
+
+
+def agreement(model: nn.Module, path: str | Path, inputs: Tensor, batch: int = 500) -> Agreement:
+    """Run ``inputs`` through the PyTorch ``model`` and through the ONNX file at ``path``."""
+    session = ort_session(Path(path), threads=torch.get_num_threads())
+    model = model.eval()
+    got, expected = [], []
+    with torch.no_grad():
+        for x in inputs.split(batch):
+            x = x.float().cpu()
+            got.append(session.run(None, {"input": x.numpy()})[0])
+            expected.append(model(x.to(next(model.parameters()).device)).float().cpu().numpy())
+    a, b = np.concatenate(got), np.concatenate(expected)
+    diff = np.abs(a - b)
+    return Agreement(
+        len(a), float((a.argmax(1) == b.argmax(1)).mean()), float(diff.mean()), float(diff.max())
+    )
