@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from qsgt_plugin.checkpoint import load_checkpoint, save_checkpoint
-from qsgt_plugin.engine import train
 from qsgt_plugin.recipe import load_recipe
 from qsgt_plugin.run_dir import read_metrics
+from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
+from qsgt_plugin.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = (

@@ -33,9 +33,14 @@ from torch import nn
 
 import qsgt_plugin
 from qsgt_plugin import SaliencyGuidedTraining
-from qsgt_plugin.build import make_optimizer
 from qsgt_plugin.recipe import OptimSection
-from qsgt_plugin.step import CompiledStep, make_train_step, resolve_channels_last, resolve_precision
+from qsgt_plugin.training.build import make_optimizer
+from qsgt_plugin.training.step import (
+    CompiledStep,
+    make_train_step,
+    resolve_channels_last,
+    resolve_precision,
+)
 
 SGT_TARGETS = {"captum": 2.8, "fused": 2.4}  # CPU targets of SGT / plain step time
 SPEEDUP_TARGETS = {("fp32", "plain"): 1.9, ("w4a4", "captum"): 1.7, ("w4a4", "fused"): 1.7}

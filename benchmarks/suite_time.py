@@ -16,8 +16,8 @@ import time
 import torch
 
 from qsgt_plugin.attribution import explanation_suite
-from qsgt_plugin.data import DATASETS
 from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.training.data import DATASETS
 
 TARGET_S = 300
 

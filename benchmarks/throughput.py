@@ -25,7 +25,7 @@ from torch import nn
 
 import qsgt_plugin
 from qsgt_plugin import SaliencyGuidedTraining
-from qsgt_plugin.step import make_train_step, resolve_precision
+from qsgt_plugin.training.step import make_train_step, resolve_precision
 
 CONFIGS = [("fp32", "plain"), ("w4a4", "plain"), ("w4a4", "captum"), ("w4a4", "fused")]
 # compiled: fp32 plain and W4A4 + SGT on both paths first (what a short budget must cover)
@@ -47,7 +47,7 @@ def build(
     model = model.to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if compiled:  # Brevitas splits the graph at every block (see qsgt_plugin.step)
+    if compiled:  # Brevitas splits the graph at every block (see qsgt_plugin.training.step)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         torch._functorch.config.donated_buffer = False  # the fused path's retain_graph
     run = torch.compile(model) if compiled else model

@@ -34,8 +34,8 @@ def _strip_nproc(argv: Sequence[str]) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from qsgt_plugin.engine import train
     from qsgt_plugin.recipe import load_recipe
+    from qsgt_plugin.training.loop import train
 
     recipe = load_recipe(args.recipe, args.set)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -52,9 +52,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace, recipe) -> int:
     """Check everything once, hold the run's lock, and run the ranks under torchrun."""
-    from qsgt_plugin.engine import preflight
-    from qsgt_plugin.launch import launch
     from qsgt_plugin.run_dir import LOCK_ENV, RunDir
+    from qsgt_plugin.training.launch import launch
+    from qsgt_plugin.training.loop import preflight
 
     recipe = preflight(recipe, args.resume, args.overwrite, world=args.nproc)
     run = RunDir(Path(recipe.output.dir))
@@ -70,9 +70,9 @@ def _launch(args: argparse.Namespace, recipe) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from qsgt_plugin.build import resolve_device
-    from qsgt_plugin.evaluation import evaluate
+    from qsgt_plugin.common.evaluation import evaluate
     from qsgt_plugin.run_dir import load_run
+    from qsgt_plugin.training.build import resolve_device
 
     run = load_run(args.checkpoint, data_root=args.data_root)
     device = resolve_device(args.device)
@@ -171,7 +171,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
-    from qsgt_plugin.precision.commands import write_sensitivity
+    from qsgt_plugin.precision.tasks import write_sensitivity
     from qsgt_plugin.report import check_output
 
     (run,) = _runs(args)
@@ -191,7 +191,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 def _mixed_precision(args: argparse.Namespace) -> int:
     from qsgt_plugin.errors import UsageError
-    from qsgt_plugin.precision.commands import (
+    from qsgt_plugin.precision.tasks import (
         SizedUnits,
         check_budget,
         load_sensitivity,
@@ -250,12 +250,12 @@ def _mixed_precision(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from qsgt_plugin.build import example_batch, make_loader
     from qsgt_plugin.errors import DatasetNotFoundError
     from qsgt_plugin.quant import model_size_bytes, quantization_disabled
     from qsgt_plugin.quant.export import export_onnx
     from qsgt_plugin.report import check_output
     from qsgt_plugin.run_dir import load_run
+    from qsgt_plugin.training.build import example_batch, make_loader
 
     run = load_run(args.checkpoint)
     out = check_output(Path(args.out) if args.out else run.path / "model.onnx")
@@ -341,7 +341,7 @@ def _one_line(message: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from qsgt_plugin.launch import report_rank_error
+    from qsgt_plugin.training.launch import report_rank_error
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(COMMANDS)

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from qsgt_plugin.common.files import atomic_output
 from qsgt_plugin.errors import RecipeError
-from qsgt_plugin.files import atomic_output
 
 __all__ = ["Recipe", "RecipeError", "apply_overrides", "load_recipe", "parse_recipe", "save_recipe"]
 
@@ -175,8 +175,60 @@ class Recipe(_Section):
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe, apply ``key.path=value`` overrides and validate."""
+    """Read a YAML recipe (and the recipes it builds on), apply overrides and validate.
+
+    A recipe may name another as ``base: other.yaml`` (relative to its own folder) and state
+    only its differences: sections merge key by key, the recipe's own values win, a list is
+    replaced whole. Bases may have bases; the run's ``recipe.yaml`` is the resolved whole.
+    """
     path = Path(path)
+    data = _read_with_bases(path, ())
+    data = apply_overrides(data, overrides)
+    if not data:  # nothing in the file nor on the command line: not a run of every default
+        raise RecipeError(
+            f"{path} is empty (or only comments): a recipe states at least what it trains, e.g. "
+            "data: {dataset: mnist}; see recipes/quickstart.yaml"
+        )
+    return parse_recipe(data, source=str(path))
+
+
+MAX_BASES = 8
+"""How deep ``base:`` chains may go."""
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
+    data = _read(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise RecipeError(f"{path}: base must be the path of another recipe, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain or base_path == path.resolve():
+        loop = " -> ".join(str(p) for p in (*chain, path.resolve(), base_path))
+        raise RecipeError(f"{path}: the bases form a loop ({loop}); remove one base:")
+    if len(chain) >= MAX_BASES:
+        raise RecipeError(f"{path}: more than {MAX_BASES} bases deep; flatten the chain")
+    if not base_path.is_file():
+        raise RecipeError(
+            f"{path}: its base {base} is not a file (looked for {base_path}); base: is "
+            "relative to the recipe's own folder"
+        )
+    return _merge(_read_with_bases(base_path, (*chain, path.resolve())), data)
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` on top, section by section (plain data, new objects)."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read(path: Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -192,13 +244,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     _check_size(data, str(path))
-    data = apply_overrides(data, overrides)
-    if not data:  # nothing in the file nor on the command line: not a run of every default
-        raise RecipeError(
-            f"{path} is empty (or only comments): a recipe states at least what it trains, e.g. "
-            "data: {dataset: mnist}; see recipes/quickstart.yaml"
-        )
-    return parse_recipe(data, source=str(path))
+    return data
 
 
 MAX_VALUES = 10_000

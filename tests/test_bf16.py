@@ -21,12 +21,12 @@ from torch import nn
 
 import qsgt_plugin
 from qsgt_plugin import SaliencyGuidedTraining
-from qsgt_plugin.engine import resolve_speed
 from qsgt_plugin.quant import alphas, calibrate_alphas
 from qsgt_plugin.quant.layers import QuantAct
 from qsgt_plugin.quant.pact import pact_quantize
 from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.step import make_train_step, native_bf16, resolve_precision
+from qsgt_plugin.training.loop import resolve_speed
+from qsgt_plugin.training.step import make_train_step, native_bf16, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 CL = torch.channels_last

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from qsgt_plugin.data import (
+from qsgt_plugin.training.data import (
     DATASETS,
     DatasetNotFoundError,
     Loader,
@@ -198,8 +198,8 @@ def test_crop_padding_shifts_without_flipping():
 
 
 def test_dataset_defaults_augment_cifar_only():
-    from qsgt_plugin.build import make_loader
     from qsgt_plugin.recipe import Recipe
+    from qsgt_plugin.training.build import make_loader
 
     if not os.environ.get("QSGT_DATA"):
         pytest.skip("QSGT_DATA not set")

@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from qsgt_plugin.checkpoint import load_checkpoint
 from qsgt_plugin.cli import main
-from qsgt_plugin.engine import train
 from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.run_dir.checkpoint import load_checkpoint
+from qsgt_plugin.training.loop import train
 
 pytestmark = [
     pytest.mark.slow,

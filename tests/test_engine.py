@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsgt_plugin.checkpoint import CheckpointError, load_checkpoint
 from qsgt_plugin.cli import main
-from qsgt_plugin.engine import train
 from qsgt_plugin.errors import RecipeError, RunExistsError, TrainingDivergedError
 from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.run_dir import model_from_checkpoint
+from qsgt_plugin.run_dir.checkpoint import CheckpointError, load_checkpoint
+from qsgt_plugin.training.loop import train
 
 # Every test here trains on real MNIST (CI runs them; plain `pytest` leaves them out).
 pytestmark = [
@@ -119,7 +119,7 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from qsgt_plugin.data import Loader
+    from qsgt_plugin.training.data import Loader
 
     batches = Loader.batches
 
@@ -139,10 +139,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 
 def test_best_pt_holds_the_best_evaluation(tmp_path, monkeypatch):
-    import qsgt_plugin.engine
+    import qsgt_plugin.training.loop
 
     accuracies = iter([0.5, 0.8, 0.6])
-    monkeypatch.setattr(qsgt_plugin.engine, "evaluate", lambda *a: (next(accuracies), 1.0))
+    monkeypatch.setattr(qsgt_plugin.training.loop, "evaluate", lambda *a: (next(accuracies), 1.0))
     result = train(tiny(tmp_path, sgt={"enabled": False}, train={"epochs": 3}))
     best, last = (load_checkpoint(result.run_dir / n) for n in ("best.pt", "last.pt"))
     assert (best["step"], best["test_acc"]) == (8, 0.8)
@@ -280,7 +280,7 @@ def test_ema_evaluates_and_saves_the_average(tmp_path):
     ]
     assert any("alpha" in k for k in differs) and any("conv" in k for k in differs)
     model = model_from_checkpoint(payload)
-    from qsgt_plugin.evaluation import evaluate
+    from qsgt_plugin.common.evaluation import evaluate
     from qsgt_plugin.run_dir import load_run
 
     run = load_run(result.run_dir / "last.pt")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsgt_plugin.data import Loader
-from qsgt_plugin.engine import train
 from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.step import resolve_auto
+from qsgt_plugin.training.data import Loader
+from qsgt_plugin.training.loop import train
+from qsgt_plugin.training.step import resolve_auto
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_data = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")

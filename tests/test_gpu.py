@@ -9,7 +9,7 @@ from torch import nn
 
 import qsgt_plugin
 from qsgt_plugin import SaliencyGuidedTraining
-from qsgt_plugin.data import Loader
+from qsgt_plugin.training.data import Loader
 
 pytestmark = [
     pytest.mark.gpu,

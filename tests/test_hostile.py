@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 
-from qsgt_plugin.checkpoint import load_checkpoint, save_checkpoint
 from qsgt_plugin.cli import main
-from qsgt_plugin.engine import train
 from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
+from qsgt_plugin.training.loop import train
 
 # The table's runs train on real MNIST (for two steps): CI runs these, plain `pytest` does not.
 pytestmark = [
@@ -307,12 +307,12 @@ def test_a_recipe_error_is_told_before_the_occupied_output_folder(
 
 
 def test_a_bug_is_exit_1_with_a_pointer_to_debug(tmp_path, capsys, monkeypatch):
-    import qsgt_plugin.engine
+    import qsgt_plugin.training.loop
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(qsgt_plugin.engine, "train", broken)
+    monkeypatch.setattr(qsgt_plugin.training.loop, "train", broken)
     assert main(["train", QUICKSTART]) == 1
     err = capsys.readouterr().err
     assert "internal error (ZeroDivisionError: division by zero)" in err
@@ -453,8 +453,8 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing_partial(
 
 
 def test_a_checkpoint_on_a_full_disk_keeps_the_last_complete_one(tmp_path, monkeypatch):
-    from qsgt_plugin import checkpoint
     from qsgt_plugin.errors import RunDirError
+    from qsgt_plugin.run_dir import checkpoint
 
     path = tmp_path / "last.pt"
     complete = {"step": 1, "model": {}, "model_config": {}, "recipe": {}}

@@ -46,7 +46,7 @@ def test_exact_alpha_and_input_gradients():
 
 def test_builtin_learned_scale_adds_lsq_term():
     # Brevitas' learned scale counts x = alpha as in range and adds sum(round(x/s) - x/s)/n
-    # over in-range x: 2 + 0.5 / 15 on this input (DESIGN.md: 2.03 where PACT gives 3.0).
+    # over in-range x: 2 + 0.5 / 15 on this input (2.03 where PACT gives 3.0).
     x = torch.linspace(-2, 12, 15)
     act = make_act(PACTLSQActPerTensorFloat, bits=4, alpha=10.0)
     act(x).sum().backward()

@@ -14,7 +14,6 @@ import yaml
 from torch import nn
 
 from qsgt_plugin.cli import main
-from qsgt_plugin.engine import train
 from qsgt_plugin.precision import (
     Choice,
     choose_bits,
@@ -28,6 +27,7 @@ from qsgt_plugin.precision import (
 from qsgt_plugin.quant import model_size_bytes
 from qsgt_plugin.recipe import Recipe, parse_recipe
 from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.training.loop import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 needs_data = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
@@ -315,8 +315,8 @@ FINETUNE = Path(__file__).resolve().parents[1] / "recipes" / "finetune"
 
 
 def test_the_shipped_fine_tuning_recipes_fit_the_size_they_claim():
-    from qsgt_plugin.build import build_model, check_recipe, example_batch
     from qsgt_plugin.recipe import load_recipe
+    from qsgt_plugin.training.build import build_model, check_recipe, example_batch
 
     sizes = {}
     for path in sorted(FINETUNE.glob("mnist-*.yaml")):

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from qsgt_plugin.build import check_recipe
 from qsgt_plugin.recipe import Recipe, RecipeError, apply_overrides, load_recipe, save_recipe
+from qsgt_plugin.training.build import check_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -112,7 +112,6 @@ def test_shipped_recipes_validate(path):
     check_recipe(recipe)
     assert recipe.name == path.stem
     assert recipe.output.dir == f"runs/{path.stem}"
-    raw = yaml.safe_load(path.read_text())
     if path.stem != "quickstart":
         dataset, _, variant = path.stem.split("-", 2)
         variant = variant.removesuffix("-fast").removesuffix("-cpu")
@@ -121,8 +120,7 @@ def test_shipped_recipes_validate(path):
         assert recipe.sgt.enabled == variant.endswith("sgt")
         if recipe.sgt.enabled:
             assert recipe.sgt.mask_fraction == (0.5 if dataset == "mnist" else 0.1)
-        kwargs = raw["model"].get("kwargs", {})
-        assert kwargs.get("in_chans", 3) == (1 if dataset == "mnist" else 3)
+        assert recipe.model.kwargs.get("in_chans", 3) == (1 if dataset == "mnist" else 3)
     if path.stem.endswith("-cpu"):  # the CPU parent: the fast trainers' ingredients
         assert recipe.data.flip == "alternate" and recipe.data.crop_padding in (None, 4)
         assert recipe.train.ema and recipe.train.label_smoothing > 0 and recipe.optim.nesterov
@@ -141,16 +139,16 @@ def test_shipped_recipes_validate(path):
         )
         if dataset == "mnist":
             assert recipe.train.epochs == 6 and recipe.schedule.name == "onecycle"
-            assert recipe.quant.alpha_init == "calibrate"
+            assert recipe.quant.alpha_init == "calibrate" or not recipe.quant.enabled
 
 
 def test_quant_and_sgt_sections_are_the_keyword_arguments_they_feed():
     import inspect
 
     from qsgt_plugin import SaliencyGuidedTraining, convert
-    from qsgt_plugin.build import CALIBRATION_KEYS
     from qsgt_plugin.quant import calibrate_alphas
     from qsgt_plugin.recipe import QuantSection, SGTSection
+    from qsgt_plugin.training.build import CALIBRATION_KEYS
 
     for section, function in ((QuantSection, convert), (SGTSection, SaliencyGuidedTraining)):
         keys = set(section.model_fields) - {"enabled"} - CALIBRATION_KEYS
@@ -192,8 +190,8 @@ def test_quant_and_sgt_sections_are_the_keyword_arguments_they_feed():
     ],
 )
 def test_every_schedule_follows_its_formula(schedule, expected):
-    from qsgt_plugin.build import lr_factor
     from qsgt_plugin.recipe import ScheduleSection
+    from qsgt_plugin.training.build import lr_factor
 
     section = ScheduleSection.model_validate(schedule)
     got = [lr_factor(step, 100, section) for step in (0, 10, 30, 50, 75, 99)]
@@ -205,9 +203,9 @@ def test_the_clipping_levels_get_their_own_weight_decay_group(alpha_decay, expec
     import timm
 
     from qsgt_plugin import convert
-    from qsgt_plugin.build import make_optimizer
     from qsgt_plugin.quant import alphas
     from qsgt_plugin.recipe import OptimSection
+    from qsgt_plugin.training.build import make_optimizer
 
     model = convert(timm.create_model("resnet20"), bits=4)
     optim = OptimSection(weight_decay=5e-4, alpha_weight_decay=alpha_decay)
@@ -222,8 +220,8 @@ def test_the_clipping_levels_get_their_own_weight_decay_group(alpha_decay, expec
 def test_label_smoothing_and_nesterov_reach_the_criterion_and_optimizer():
     import torch.nn.functional as F
 
-    from qsgt_plugin.build import make_criterion, make_optimizer
     from qsgt_plugin.recipe import OptimSection
+    from qsgt_plugin.training.build import make_criterion, make_optimizer
 
     logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
     smoothed = make_criterion(0.1)(logits, y)
@@ -256,3 +254,58 @@ def test_cifar10_fine_tunings_start_from_the_float_parent_in_at_most_8_epochs(pa
         assert recipe.sgt.mask_fraction == 0.1
     # the same data and augmentation as the parent: only the model and the rate change
     assert recipe.data == parent.data
+
+
+def test_a_recipe_states_only_its_differences_from_its_base(tmp_path):
+    (tmp_path / "parent.yaml").write_text(
+        "name: parent\ndata: {dataset: mnist, batch_size: 64}\n"
+        "schedule: {name: step, milestones: [0.5, 0.75]}\ntrain: {epochs: 3}\n"
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "base: ../parent.yaml\nname: child\ndata: {batch_size: 32}\nschedule: {milestones: [0.9]}\n"
+    )
+    (tmp_path / "grandchild.yaml").write_text("base: sub/child.yaml\ntrain: {epochs: 1}\n")
+    recipe = load_recipe(tmp_path / "grandchild.yaml", ["data.batch_size=16"])
+    assert recipe.name == "child"
+    assert (recipe.data.dataset, recipe.data.batch_size) == ("mnist", 16)  # --set wins last
+    assert recipe.schedule.milestones == [0.9]  # a list is replaced, not merged
+    assert recipe.schedule.name == "step" and recipe.train.epochs == 1
+    assert load_recipe(tmp_path / "sub" / "child.yaml").data.batch_size == 32
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "the bases form a loop"),
+        ({"a.yaml": "base: a.yaml\n"}, "the bases form a loop"),
+        ({"a.yaml": "base: missing.yaml\n"}, r"its base missing.yaml is not a file"),
+        ({"a.yaml": "base: [x]\n"}, "base must be the path of another recipe"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "[1, 2]\n"}, "b.yaml: a recipe is a mapping"),
+    ],
+    ids=["loop", "itself", "missing", "not-a-path", "bad-base"],
+)
+def test_a_broken_base_is_named(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(tmp_path / "a.yaml")
+
+
+def test_a_base_chain_has_a_depth_limit(tmp_path):
+    for i in range(12):
+        (tmp_path / f"r{i}.yaml").write_text(f"base: r{i + 1}.yaml\n")
+    (tmp_path / "r12.yaml").write_text("data: {dataset: mnist}\n")
+    with pytest.raises(RecipeError, match="bases deep; flatten the chain"):
+        load_recipe(tmp_path / "r0.yaml")
+
+
+def test_the_shipped_variants_build_on_a_base_and_resolve_in_full(tmp_path):
+    recipe = load_recipe(RECIPES / "mnist-resnet20-w4a4-sgt.yaml")
+    assert "base:" in (RECIPES / "mnist-resnet20-w4a4-sgt.yaml").read_text()
+    assert (recipe.quant.enabled, recipe.sgt.enabled, recipe.train.epochs) == (True, True, 6)
+    assert recipe.quant.alpha_init == "calibrate" and recipe.data.crop_padding == 2
+    save_recipe(recipe, tmp_path / "recipe.yaml")
+    written = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    assert "base" not in written and written["sgt"]["mask_fraction"] == 0.5
+    assert load_recipe(tmp_path / "recipe.yaml") == recipe

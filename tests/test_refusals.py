@@ -104,7 +104,7 @@ def test_a_corrupt_line_inside_the_metrics_log_is_named_not_dropped_silently(tmp
 
 
 def test_a_training_subset_smaller_than_one_batch_is_refused():
-    from qsgt_plugin.build import check_recipe
+    from qsgt_plugin.training.build import check_recipe
 
     recipe = Recipe.model_validate({"data": {"train_subset": 10, "batch_size": 32}})
     with pytest.raises(RecipeError, match="10 images make less than one batch of 32"):

@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 
-from qsgt_plugin.checkpoint import CheckpointError, load_checkpoint
 from qsgt_plugin.cli import main
-from qsgt_plugin.data import DatasetNotFoundError, load_split
-from qsgt_plugin.engine import train
 from qsgt_plugin.errors import RunDirError
 from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.run_dir import RunDir
+from qsgt_plugin.run_dir.checkpoint import CheckpointError, load_checkpoint
+from qsgt_plugin.training.data import DatasetNotFoundError, load_split
+from qsgt_plugin.training.loop import train
 
 needs_data = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
 
@@ -85,7 +85,7 @@ def test_a_metrics_line_cut_by_a_kill_is_skipped(tmp_path):
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
-    from qsgt_plugin.checkpoint import save_checkpoint
+    from qsgt_plugin.run_dir.checkpoint import save_checkpoint
 
     save_checkpoint({"step": 1, "model": {}, "model_config": {}, "recipe": {}}, tmp_path / "c.pt")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from qsgt_plugin.cli import main
-from qsgt_plugin.engine import train
-from qsgt_plugin.evaluation import evaluate
+from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.training.loop import train
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qsgt_plugin.cli import main
-from qsgt_plugin.evaluation import evaluate
+from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.run_dir import load_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,6 @@ float view (:class:`ModelView`). Run directories are read above this package
 (:mod:`qsgt_plugin.report`).
 """
 
-from qsgt_plugin.attribution.compare import Comparison, ModelView, compare_views
 from qsgt_plugin.attribution.curves import FRACTIONS, masking_curve
 from qsgt_plugin.attribution.faithfulness import DeletionInsertion, deletion_insertion, substrate
 from qsgt_plugin.attribution.figures import (
@@ -24,9 +23,10 @@ from qsgt_plugin.attribution.metrics import (
     top_overlap,
 )
 from qsgt_plugin.attribution.randomisation import mprt, random_logit, weight_layers
-from qsgt_plugin.attribution.road import Road, linear_imputation, road
+from qsgt_plugin.attribution.road_imputation import Road, linear_imputation, road
 from qsgt_plugin.attribution.stats import compare, summarise
 from qsgt_plugin.attribution.suite import explanation_suite
+from qsgt_plugin.attribution.views import Comparison, ModelView, compare_views
 
 __all__ = [
     "FRACTIONS",

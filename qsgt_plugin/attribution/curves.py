@@ -15,10 +15,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qsgt_plugin.evaluation import correct_count
+from qsgt_plugin.common.evaluation import correct_count
+from qsgt_plugin.common.modes import eval_mode
 from qsgt_plugin.sgt.masking import apply_mask, rank_mask, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
-from qsgt_plugin.utils import eval_mode
 
 __all__ = ["FRACTIONS", "masking_curve"]
 

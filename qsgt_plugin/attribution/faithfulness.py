@@ -23,9 +23,9 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
+from qsgt_plugin.common.modes import eval_mode
 from qsgt_plugin.sgt.masking import apply_mask, ranking, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
-from qsgt_plugin.utils import eval_mode
 
 __all__ = [
     "SUBSTRATES",

@@ -18,7 +18,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from qsgt_plugin.files import atomic_output
+from qsgt_plugin.common.files import atomic_output
 
 __all__ = [
     "alpha_figure",

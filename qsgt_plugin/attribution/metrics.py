@@ -14,9 +14,9 @@ from captum.metrics import infidelity, sensitivity_max
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
+from qsgt_plugin.common.modes import eval_mode
 from qsgt_plugin.sgt.masking import rank_mask, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
-from qsgt_plugin.utils import eval_mode
 
 __all__ = ["entropy", "gini", "infidelity_score", "sensitivity_score", "spearman", "top_overlap"]
 

@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from qsgt_plugin.attribution.faithfulness import DeletionInsertion
 from qsgt_plugin.attribution.metrics import entropy, gini, sensitivity_score
 from qsgt_plugin.attribution.randomisation import mprt, random_logit
-from qsgt_plugin.attribution.road import Road
+from qsgt_plugin.attribution.road_imputation import Road
+from qsgt_plugin.common.modes import eval_mode
 from qsgt_plugin.sgt.masking import reduce_saliency, tie_fraction
 from qsgt_plugin.sgt.saliency import attribute
-from qsgt_plugin.utils import eval_mode
 
 __all__ = ["explanation_suite"]
 

@@ -6,8 +6,8 @@ budget, and ``mixed_precision_recipe`` writes it as a recipe's ``quant.overrides
 """
 
 from qsgt_plugin.precision.hessian import effective_weights, hawq_score, hessian_traces
+from qsgt_plugin.precision.layer_sensitivity import sensitivity
 from qsgt_plugin.precision.mixed import Choice, choose_bits, mixed_precision_recipe, unit_costs
-from qsgt_plugin.precision.sensitivity import sensitivity
 from qsgt_plugin.precision.units import Unit, layer_units, unit_overrides, variant
 
 __all__ = [

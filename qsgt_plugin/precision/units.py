@@ -16,13 +16,13 @@ import torch
 from brevitas.nn.quant_layer import QuantNonLinearActLayer, QuantWeightBiasInputOutputLayer
 from torch import nn
 
-from qsgt_plugin.build import build_model, calibrate, example_batch
 from qsgt_plugin.quant import alphas
-from qsgt_plugin.quant.convert import MAX_BITS, MIN_BITS
+from qsgt_plugin.quant.conversion import MAX_BITS, MIN_BITS
 from qsgt_plugin.quant.layers import ACTIVATIONS, WEIGHT_LAYERS
 from qsgt_plugin.quant.trace import trace_calls
 from qsgt_plugin.recipe import QuantSection
 from qsgt_plugin.run_dir import Run
+from qsgt_plugin.training.build import build_model, calibrate, example_batch
 
 __all__ = ["FLOAT_BITS", "Unit", "check_bits", "layer_units", "unit_overrides", "variant"]
 

@@ -18,8 +18,8 @@ import torch
 from brevitas.nn.quant_layer import QuantNonLinearActLayer
 from torch import Tensor, nn
 
+from qsgt_plugin.common.modes import training_mode
 from qsgt_plugin.quant.state import alphas
-from qsgt_plugin.utils import training_mode
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="fast_hadamard_transform")
@@ -57,7 +57,7 @@ def calibrate_alphas(
     percentile is taken per batch and averaged over the batches.
 
     Args:
-        model: a model from :func:`~qsgt_plugin.quant.convert`.
+        model: a model from :func:`~qsgt_plugin.quant.conversion`.
         batches: inputs, or ``(inputs, labels)`` tuples, e.g. a few training batches.
         percentile_q: the percentile of each activation's values (zeros included), 0..100.
         floor: the smallest alpha set, for call sites whose activation is almost all zero.

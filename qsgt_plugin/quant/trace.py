@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from qsgt_plugin.common.modes import eval_mode
 from qsgt_plugin.quant.functional import FunctionalTrace, record_functional
-from qsgt_plugin.utils import eval_mode
 
 __all__ = ["CallTrace", "example_input", "trace_calls"]
 

@@ -4,7 +4,7 @@ This package sits above :mod:`qsgt_plugin.attribution` (metrics and figures for 
 :mod:`qsgt_plugin.run_dir` (runs on disk).
 """
 
-from qsgt_plugin.report.commands import (
+from qsgt_plugin.report.analyses import (
     accuracy_table,
     alpha_plot,
     check_method,

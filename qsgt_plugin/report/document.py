@@ -20,9 +20,7 @@ from typing import Any
 
 from qsgt_plugin.attribution import band_figure, explanation_suite, mprt_figure
 from qsgt_plugin.attribution.stats import TEST
-from qsgt_plugin.build import check_offset
-from qsgt_plugin.data import DATASETS
-from qsgt_plugin.report.commands import (
+from qsgt_plugin.report.analyses import (
     accuracy_table,
     alpha_plot,
     check_method,
@@ -34,6 +32,8 @@ from qsgt_plugin.report.commands import (
 from qsgt_plugin.report.markdown import markdown
 from qsgt_plugin.report.seeds import aggregate, group_runs, pair_groups, pair_tests, scalars
 from qsgt_plugin.run_dir import Run
+from qsgt_plugin.training.build import check_offset
+from qsgt_plugin.training.data import DATASETS
 
 __all__ = ["build_report", "run_suite"]
 

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from qsgt_plugin.checkpoint import load_checkpoint, save_checkpoint
 from qsgt_plugin.errors import RunDirError, RunExistsError, RunLockedError
 from qsgt_plugin.recipe import Recipe, save_recipe
+from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["LOCK_ENV", "RunDir", "read_metrics"]
 

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from qsgt_plugin.data import Loader
 from qsgt_plugin.errors import CheckpointError
 from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.training.data import Loader
 
 __all__ = ["load_weights", "model_config", "restore_training", "training_payload"]
 

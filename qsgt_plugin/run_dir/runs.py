@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from qsgt_plugin.build import build_model, example_batch, make_loader
-from qsgt_plugin.checkpoint import load_checkpoint
-from qsgt_plugin.data import DATASETS, Loader
 from qsgt_plugin.errors import CheckpointError, RecipeError, RunError
 from qsgt_plugin.recipe import Recipe, apply_overrides, parse_recipe
+from qsgt_plugin.run_dir.checkpoint import load_checkpoint
 from qsgt_plugin.run_dir.directory import read_metrics
+from qsgt_plugin.training.build import build_model, example_batch, make_loader
+from qsgt_plugin.training.data import DATASETS, Loader
 
 __all__ = [
     "CHECKPOINTS",

@@ -1,5 +1,6 @@
 """Saliency-Guided Training (Ismail et al. 2021): masking functions, Captum saliency, loss, hook."""
 
+from qsgt_plugin.sgt.guided_loss import SaliencyGuidedTraining
 from qsgt_plugin.sgt.hook import SGTHandle, SGTNotAppliedWarning, register_sgt
 from qsgt_plugin.sgt.masking import (
     apply_mask,
@@ -11,7 +12,6 @@ from qsgt_plugin.sgt.masking import (
     tie_fraction,
 )
 from qsgt_plugin.sgt.saliency import attribute, make_attribution
-from qsgt_plugin.sgt.training import SaliencyGuidedTraining
 
 __all__ = [
     "SGTHandle",

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qsgt_plugin.sgt.training import SaliencyGuidedTraining, fused_input, reduction_of
+from qsgt_plugin.sgt.guided_loss import SaliencyGuidedTraining, fused_input, reduction_of
 
 __all__ = ["SGTHandle", "SGTNotAppliedWarning", "register_sgt"]
 

@@ -22,7 +22,7 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
-from qsgt_plugin.utils import eval_mode, frozen_parameters
+from qsgt_plugin.common.modes import eval_mode, frozen_parameters
 
 __all__ = ["ATTRIBUTIONS", "MODULE_HOOK_METHODS", "attribute", "make_attribution"]
 

@@ -26,8 +26,8 @@ from brevitas.proxy import ActQuantProxyFromInjector
 from brevitas.quant import Int8WeightPerTensorFloat, Uint8ActPerTensorFloatMaxInit
 from torch import Tensor, nn
 
+from qsgt_plugin.common.files import atomic_output
 from qsgt_plugin.errors import ExportError
-from qsgt_plugin.files import atomic_output
 from qsgt_plugin.quant.layers import QuantAct
 from qsgt_plugin.quant.pact import ALPHA_MIN, PACTReLU, PACTReLU6, StableActQuantProxy
 from qsgt_plugin.quant.state import clip_level

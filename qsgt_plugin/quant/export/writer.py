@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qsgt_plugin.common.files import atomic_output
 from qsgt_plugin.errors import ExportError
-from qsgt_plugin.files import atomic_output
 from qsgt_plugin.quant.export.prepare import IntegerActivation, export_copy
 
 __all__ = ["Agreement", "ExportWarning", "agreement", "export_integer", "ort_session"]

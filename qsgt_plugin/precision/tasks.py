@@ -10,8 +10,9 @@ from typing import Any
 
 import yaml
 
+from qsgt_plugin.common.files import atomic_output
 from qsgt_plugin.errors import UsageError
-from qsgt_plugin.files import atomic_output
+from qsgt_plugin.precision.layer_sensitivity import print_progress, sensitivity
 from qsgt_plugin.precision.mixed import (
     Choice,
     ceil_bytes,
@@ -19,8 +20,7 @@ from qsgt_plugin.precision.mixed import (
     mixed_precision_recipe,
     unit_costs,
 )
-from qsgt_plugin.precision.report import sensitivity_figure, sensitivity_tables
-from qsgt_plugin.precision.sensitivity import print_progress, sensitivity
+from qsgt_plugin.precision.sensitivity_tables import sensitivity_figure, sensitivity_tables
 from qsgt_plugin.precision.units import FLOAT_BITS, Unit, layer_units, unit_overrides, variant
 from qsgt_plugin.quant import model_size_bytes
 from qsgt_plugin.run_dir import Run

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qsgt_plugin.utils import eval_mode
+from qsgt_plugin.common.modes import eval_mode
 
 __all__ = ["correct_count", "evaluate"]
 

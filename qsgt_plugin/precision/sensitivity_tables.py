@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from qsgt_plugin.files import atomic_output
+from qsgt_plugin.common.files import atomic_output
 
 __all__ = ["sensitivity_figure", "sensitivity_tables"]
 

@@ -16,8 +16,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from qsgt_plugin.launch import watch_parent
-from qsgt_plugin.utils import unwrap
+from qsgt_plugin.common.modes import unwrap
+from qsgt_plugin.training.launch import watch_parent
 
 __all__ = ["Distributed", "setup"]
 

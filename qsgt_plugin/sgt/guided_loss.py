@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qsgt_plugin.common.modes import unwrap
 from qsgt_plugin.sgt.masking import (
     Fill,
     apply_mask,
@@ -29,7 +30,6 @@ from qsgt_plugin.sgt.masking import (
     reduce_saliency,
 )
 from qsgt_plugin.sgt.saliency import attribute, make_attribution
-from qsgt_plugin.utils import unwrap
 
 __all__ = ["FUSED_METHODS", "REDUCTIONS", "SaliencyGuidedTraining", "fused_input", "reduction_of"]
 

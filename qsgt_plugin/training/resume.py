@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from qsgt_plugin.build import check_recipe
 from qsgt_plugin.errors import RecipeError
 from qsgt_plugin.recipe import Recipe, parse_recipe
+from qsgt_plugin.training.build import check_recipe
 
 __all__ = ["RESUMABLE", "apply_resume_changes", "resume_changes"]
 

@@ -19,7 +19,18 @@ from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qsgt_plugin.build import (
+from qsgt_plugin.common.evaluation import evaluate
+from qsgt_plugin.errors import RecipeError, TrainingDivergedError
+from qsgt_plugin.quant import alphas
+from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.run_dir import (
+    RunDir,
+    init_weights,
+    load_weights,
+    restore_training,
+    training_payload,
+)
+from qsgt_plugin.training.build import (
     build_model,
     calibrate,
     check_buildable,
@@ -32,22 +43,11 @@ from qsgt_plugin.build import (
     make_sgt,
     resolve_device,
 )
-from qsgt_plugin.data import DATASETS, Loader
-from qsgt_plugin.distributed import Distributed, setup
-from qsgt_plugin.errors import RecipeError, TrainingDivergedError
-from qsgt_plugin.evaluation import evaluate
-from qsgt_plugin.progress import Meter, Progress
-from qsgt_plugin.quant import alphas
-from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.resume import apply_resume_changes, resume_changes
-from qsgt_plugin.run_dir import (
-    RunDir,
-    init_weights,
-    load_weights,
-    restore_training,
-    training_payload,
-)
-from qsgt_plugin.step import (
+from qsgt_plugin.training.data import DATASETS, Loader
+from qsgt_plugin.training.distributed import Distributed, setup
+from qsgt_plugin.training.progress import Meter, Progress
+from qsgt_plugin.training.resume import apply_resume_changes, resume_changes
+from qsgt_plugin.training.step import (
     CompiledStep,
     make_train_step,
     resolve_auto,

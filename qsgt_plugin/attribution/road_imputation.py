@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qsgt_plugin.attribution.faithfulness import auc, top_mask
+from qsgt_plugin.common.modes import eval_mode
 from qsgt_plugin.sgt.masking import ranking, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
-from qsgt_plugin.utils import eval_mode
 
 __all__ = ["NEIGHBOURS", "Road", "linear_imputation", "road"]
 

@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from qsgt_plugin.data import DATASETS, Loader, load_split
+from qsgt_plugin.common.modes import eval_mode
 from qsgt_plugin.errors import RecipeError, UsageError
 from qsgt_plugin.plugins import convert, get_registry
 from qsgt_plugin.quant import alphas, calibrate_alphas
@@ -29,7 +29,7 @@ from qsgt_plugin.recipe import (
     parse_recipe,
 )
 from qsgt_plugin.sgt import SaliencyGuidedTraining
-from qsgt_plugin.utils import eval_mode
+from qsgt_plugin.training.data import DATASETS, Loader, load_split
 
 __all__ = [
     "CALIBRATION_KEYS",
