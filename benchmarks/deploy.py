@@ -11,6 +11,7 @@ model on the whole test split.
 
     python benchmarks/deploy.py                                     # the shipped MNIST W4A4 + SGT
     python benchmarks/deploy.py results/mnist/mnist-w2a2-sgt-s0
+    python benchmarks/deploy.py --agreement mnist      # every shipped run: qdq, packed vs PyTorch
     python benchmarks/deploy.py --quick                             # a smoke run (CI)
 
 Run it on a quiet machine: timings taken while something else runs are meaningless.
@@ -102,13 +103,45 @@ def latencies(paths: dict[str, Path], shape, threads, batches, rounds) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def agreement_table(dataset: str, images: int | None) -> None:
+    """``qdq`` and ``packed`` of every shipped quantized run of ``dataset`` against PyTorch."""
+    cpu = torch.device("cpu")
+    head = ["run"] + [f"{f}: {c}" for f in ("qdq", "packed") for c in ("same top-1", "mean |diff|")]
+    print("| " + " | ".join(head) + " |")
+    print("|---|---|---|---|---|")
+    for folder in sorted((ROOT / "results" / dataset).iterdir()):
+        run = load_run(folder)
+        if not run.recipe.quant.enabled:
+            continue
+        n = run.recipe.quant.calibration_images
+        loader = make_loader(run.recipe, True, cpu, limit=n, calibration=True)
+        calibration = torch.cat([x for x, _ in loader])
+        test = torch.cat([x for x, _ in make_loader(run.recipe, False, cpu, limit=images)])
+        cells = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for fmt in ("qdq", "packed"):
+                path = Path(tmp) / f"{fmt}.onnx"
+                export_onnx(
+                    run.model, path, calibration[:1], format=fmt, calibration_inputs=calibration
+                )
+                check = agreement(run.model, path, test)
+                cells += [f"{100 * check.same_prediction:.2f}%", f"{check.mean_abs_diff:.3g}"]
+        print(f"| {folder.name} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", nargs="?", default=str(ROOT / "results/mnist/mnist-w4a4-sgt-s0"))
     parser.add_argument("--fp32", help="the float run (default: the dataset's fp32 seed 0)")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="few images and rounds (CI)")
+    parser.add_argument(
+        "--agreement", metavar="DATASET", help="only the agreement of every shipped run"
+    )
     args = parser.parse_args(argv)
+    if args.agreement:
+        agreement_table(args.agreement, 64 if args.quick else None)
+        return 0
     run = load_run(args.run)
     dataset = run.recipe.data.dataset
     fp32_run = load_run(args.fp32 or ROOT / f"results/{dataset}/{dataset}-fp32-s0")

@@ -123,8 +123,8 @@ def test_a_model_that_fails_to_compile_trains_eagerly(tmp_path, monkeypatch, cap
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "script",
-    ["benchmarks/step_time.py", "benchmarks/throughput.py"],
-    ids=["step_time", "throughput"],
+    ["benchmarks/step_time.py", "benchmarks/throughput.py", "benchmarks/deploy.py"],
+    ids=["step_time", "throughput", "deploy"],
 )
 def test_benchmarks_run_in_quick_mode(script):
     out = subprocess.run(
