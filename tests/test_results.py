@@ -76,7 +76,10 @@ def test_shipped_quantized_weights_export_and_predict_the_same_on_the_test_set(r
     with torch.no_grad():
         expected = torch.cat([run.model.eval()(b) for b in x.split(500)]).numpy()
     assert f"{100 * (expected.argmax(1) == labels).mean():.2f}%" == row["test acc"]
-    for format, same_top1 in (("packed", 0.999), ("qdq", 0.995)):
+    # qdq on CIFAR-10: its logits are closer together (label smoothing, a harder task), so the
+    # same re-quantization moves more images across a class boundary (RESULTS.md, Deployment)
+    qdq_same, qdq_points = {"mnist": (0.995, 0.0015), "cifar10": (0.97, 0.003)}[row["dataset"]]
+    for format, same_top1, points in (("packed", 0.999, 0.0015), ("qdq", qdq_same, qdq_points)):
         out = tmp_path / f"{format}.onnx"
         assert main(["export", str(shipped(row)), "--out", str(out), "--format", format]) == 0
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -87,4 +90,4 @@ def test_shipped_quantized_weights_export_and_predict_the_same_on_the_test_set(r
         # to 99.9x% of the images keep their class, RESULTS.md "Deployment").
         assert (got.argmax(1) == expected.argmax(1)).mean() >= same_top1, format
         accuracy = (got.argmax(1) == labels).mean()
-        assert abs(accuracy - (expected.argmax(1) == labels).mean()) <= 0.0015, format
+        assert abs(accuracy - (expected.argmax(1) == labels).mean()) <= points, format
