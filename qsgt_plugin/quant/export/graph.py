@@ -51,7 +51,7 @@ class Graph:
         (objects with ``values()``, a float tensor) times ``m``, one factor per output
         channel. torch's exporter folds an eval-mode BatchNorm into the convolution before it
         (``m = gamma / sqrt(var + eps)``); the integers are the same, their scale is not."""
-        free = list(weights)
+        free = [(weight, weight.values().numpy()) for weight in weights]
         found = []
         for node in self.graph.node:
             if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2:
@@ -61,11 +61,11 @@ class Graph:
                 continue
             if node.op_type == "Gemm" and self.attr(node, "transB", 0) == 0:
                 w = w.T
-            for weight in free:
-                m = _channel_factor(w, weight.values().numpy())
+            for i, (weight, values) in enumerate(free):
+                m = _channel_factor(w, values)
                 if m is not None:
                     found.append((node, weight, m))
-                    free.remove(weight)
+                    del free[i]
                     break
         return found
 

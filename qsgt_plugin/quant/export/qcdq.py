@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from qsgt_plugin.common.files import atomic_output
 from qsgt_plugin.errors import ExportError
+from qsgt_plugin.quant.export.writer import require_export_extra
 from qsgt_plugin.quant.layers import QuantAct
 from qsgt_plugin.quant.pact import ALPHA_MIN, PACTReLU, PACTReLU6, StableActQuantProxy
 from qsgt_plugin.quant.state import clip_level
@@ -57,15 +58,9 @@ def export_qcdq(
     model: nn.Module, path: str | Path, example_inputs: Tensor, opset_version: int = 17
 ) -> Path:
     """Write ``model`` as a QCDQ ONNX graph (QuantizeLinear / Clip / DequantizeLinear)."""
-    try:
-        import onnx  # noqa: F401
-        import onnxoptimizer  # noqa: F401
-        from brevitas.export import export_onnx_qcdq
-    except ImportError as exc:
-        raise ExportError(
-            f"ONNX export needs the export extra ({exc.name} is missing): "
-            "pip install 'qsgt-plugin[export]'"
-        ) from None
+    require_export_extra("onnx", "onnxoptimizer")
+    from brevitas.export import export_onnx_qcdq
+
     path = Path(path)
     ready = export_ready(model).to(example_inputs.device)
     with torch.no_grad(), atomic_output(path) as tmp:

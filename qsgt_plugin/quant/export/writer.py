@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ from qsgt_plugin.common.files import atomic_output
 from qsgt_plugin.errors import ExportError
 from qsgt_plugin.quant.export.prepare import IntegerActivation, export_copy
 
-__all__ = ["Agreement", "ExportWarning", "agreement", "export_integer", "ort_session"]
+__all__ = [
+    "Agreement",
+    "ExportWarning",
+    "agreement",
+    "export_integer",
+    "ort_session",
+    "require_export_extra",
+]
 
 
 class ExportWarning(UserWarning):
@@ -26,16 +34,19 @@ QDQ_OPSET = 17
 """The opset torch traces at (its TorchScript exporter writes up to 20)."""
 
 
-def _imports():
+def require_export_extra(*names: str) -> list:
+    """Import the named packages of the ``export`` extra, or say how to install it."""
     try:
-        import onnx
-        import onnxruntime
+        return [importlib.import_module(name) for name in names]
     except ImportError as exc:
         raise ExportError(
             f"ONNX export needs the export extra ({exc.name} is missing): "
             "pip install 'qsgt-plugin[export]'"
         ) from None
-    return onnx, onnxruntime
+
+
+def _imports():
+    return require_export_extra("onnx", "onnxruntime")
 
 
 def ort_session(model, threads: int = 1, level: str = "all"):
