@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from qsgt_plugin.run_dir.results import append_to_table
+
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = (
     "\n## GPU stages\n\n"
@@ -97,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {name} | {value} | {stage['device']} | {stage['date']} | `{command}` |"
         for name, value in rows
     ]
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line == "## GPU stages")
-    end = next(i for i in range(start, len(lines)) if lines[i].startswith("|---")) + 1
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    text = "\n".join(lines[:end] + new + lines[end:]) + "\n"
+    text = append_to_table(text, HEADER.strip().splitlines()[2], new)
     args.results.write_text(text)
     print(f"{len(rows)} rows added to {args.results}")
     return 0

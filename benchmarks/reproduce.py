@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import re
-import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -32,21 +29,10 @@ import torch
 
 from qsgt_plugin.recipe import load_recipe
 from qsgt_plugin.run_dir import read_metrics
-from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
+from qsgt_plugin.run_dir.results import ANCHORS, QUICK_SUFFIX, ResultsTable, Row, ship, shipped_dir
 from qsgt_plugin.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHORS = (
-    "Anchor, PACT Table 1 (ResNet-20, CIFAR-10 top-1): "
-    "fp32 91.6, 5-bit 91.7, 4-bit 91.3, 3-bit 91.1, 2-bit 89.7"
-)
-COLUMNS = (
-    "experiment", "dataset", "model", "method", "bits", "SGT", "seed", "epochs", "test acc",
-    "wall s", "images/s", "device", "date", "command",
-)  # fmt: skip
-HEADER = "| " + " | ".join(COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|\n"
-SUMMARY_START, SUMMARY_END = "<!-- summary:start -->", "<!-- summary:end -->"
-SHIPPED = ("model", "model_config", "recipe", "step", "test_acc")
 
 
 def _experiments() -> dict[str, tuple[str, list[str]]]:
@@ -140,27 +126,6 @@ def device_name(recipe) -> str:
     return f"CPU, {os.cpu_count()} cores"
 
 
-def measured(results: Path) -> set[tuple[str, int]]:
-    """(experiment, seed) of every full (not quick) row in ``results``."""
-    if not results.exists():
-        return set()
-    rows = set()
-    for cells in _rows(results.read_text()):
-        if "quick" not in cells["experiment"]:
-            rows.add((cells["experiment"], int(cells["seed"])))
-    return rows
-
-
-def _rows(text: str) -> list[dict[str, str]]:
-    """The rows of the results table, as ``{column: cell}``."""
-    out = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == len(COLUMNS) and cells[0] not in ("experiment", "---"):
-            out.append(dict(zip(COLUMNS, cells, strict=True)))
-    return out
-
-
 def run(name: str, seed: int, extra: list[str], quick: bool, results: Path, out_root: Path):
     recipe_path, overrides = EXPERIMENTS[name]
     run_dir = out_root / f"{name}-s{seed}"
@@ -175,69 +140,26 @@ def run(name: str, seed: int, extra: list[str], quick: bool, results: Path, out_
     quant = recipe.quant
     command = f"python benchmarks/reproduce.py {'--quick ' if quick else ''}{name} --seed {seed}"
     command += "".join(f" --set {s}" for s in extra)
-    row = {
-        "experiment": name + (" (quick smoke run)" if quick else ""),
-        "dataset": recipe.data.dataset,
-        "model": recipe.model.name,
-        "method": quant.method if quant.enabled else "fp32",
-        "bits": quant.label if quant.enabled else "32",
-        "SGT": "yes" if recipe.sgt.enabled else "no",
-        "seed": str(seed),
-        "epochs": f"{final['epoch']:.2f}",
-        "test acc": f"{100 * result.test_acc:.2f}%",
-        "wall s": f"{final['elapsed']:.0f}" if resume else f"{wall:.0f}",
-        "images/s": f"{result.step * recipe.data.batch_size / final['elapsed']:.0f}",
-        "device": device_name(recipe),
-        "date": dt.date.today().isoformat(),
-        "command": f"`{command}`",
-    }
-    add_row(results, "| " + " | ".join(row.values()) + " |")
+    row = Row(
+        experiment=name + (QUICK_SUFFIX if quick else ""),
+        dataset=recipe.data.dataset,
+        model=recipe.model.name,
+        method=quant.method if quant.enabled else "fp32",
+        bits=quant.label if quant.enabled else "32",
+        sgt="yes" if recipe.sgt.enabled else "no",
+        seed=seed,
+        epochs=f"{final['epoch']:.2f}",
+        test_acc=f"{100 * result.test_acc:.2f}%",
+        wall_s=f"{final['elapsed']:.0f}" if resume else f"{wall:.0f}",
+        images_s=f"{result.step * recipe.data.batch_size / final['elapsed']:.0f}",
+        device=device_name(recipe),
+        date=dt.date.today().isoformat(),
+        command=f"`{command}`",
+    )
+    ResultsTable(results).add(row)
     if not quick:
-        ship(run_dir, ROOT / "results" / recipe.data.dataset / run_dir.name)
+        ship(run_dir, shipped_dir(row, ROOT / "results"))
     return row
-
-
-def add_row(results: Path, line: str) -> None:
-    """Insert ``line`` after the last row of the measured table (a new file gets one)."""
-    if not results.exists():
-        results.write_text("# Results\n\n" + ANCHORS + "\n\n" + HEADER)
-    lines = results.read_text().splitlines()
-    header = next(i for i, text in enumerate(lines) if text.startswith(HEADER.split("\n")[0]))
-    end = header + 2
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines.insert(end, line)
-    results.write_text("\n".join(lines) + "\n")
-
-
-def ship(run_dir: Path, dest: Path) -> Path:
-    """The final weights (model state only), the resolved recipe and the metrics log."""
-    dest.mkdir(parents=True, exist_ok=True)
-    payload = load_checkpoint(run_dir / "last.pt")
-    save_checkpoint({k: payload[k] for k in SHIPPED}, dest / "model.pt")
-    for name in ("recipe.yaml", "metrics.jsonl"):
-        shutil.copyfile(run_dir / name, dest / name)
-    return dest
-
-
-def summary(results: Path) -> str:
-    """Mean +- std of the test accuracy over seeds, per experiment, as a markdown table."""
-    by_name: dict[str, list[float]] = {}
-    for cells in _rows(results.read_text()):
-        if "quick" not in cells["experiment"]:
-            by_name.setdefault(cells["experiment"], []).append(float(cells["test acc"][:-1]))
-    lines = ["| experiment | seeds | test acc, mean ± std |", "|---|---|---|"]
-    for name, accs in by_name.items():
-        spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        lines.append(f"| {name} | {len(accs)} | {statistics.mean(accs):.2f}%{spread} |")
-    return "\n".join(lines)
-
-
-def write_summary(results: Path) -> None:
-    text = results.read_text()
-    block = f"{SUMMARY_START}\n{summary(results)}\n{SUMMARY_END}"
-    pattern = re.compile(re.escape(SUMMARY_START) + ".*?" + re.escape(SUMMARY_END), re.S)
-    results.write_text(pattern.sub(block, text) if pattern.search(text) else text + "\n" + block)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,16 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown experiment(s) {', '.join(unknown)}; see --list", file=sys.stderr)
         return 2
     out_root = args.runs or (Path(tempfile.mkdtemp()) if args.quick else ROOT / "runs/reproduce")
-    done = set() if (args.force or args.quick) else measured(args.results)
+    done = set() if (args.force or args.quick) else ResultsTable(args.results).measured()
     print(ANCHORS)
     for name, seed in jobs:
         if (name, seed) in done:
             print(f"{name} seed {seed}: already in {args.results}; skipped (--force reruns it)")
             continue
         row = run(name, seed, args.set, args.quick, args.results, out_root)
-        print(" | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        print(row.line(), flush=True)
     if args.summary:
-        write_summary(args.results)
+        ResultsTable(args.results).write_summary()
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 
 from qsgt_plugin.attribution import explanation_suite
 from qsgt_plugin.run_dir import load_run
-from qsgt_plugin.training.data import DATASETS
+from qsgt_plugin.training.data import get_dataset
 
 TARGET_S = 300
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     result = explanation_suite(
         run.model,
         run.test_loader(limit=images),
-        num_classes=DATASETS[run.recipe.data.dataset].num_classes,
+        num_classes=get_dataset(run.recipe.data.dataset).num_classes,
     )
     total = time.perf_counter() - started
     print(

@@ -21,6 +21,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import nn
 
+    from qsgt_plugin.common.datasets import Dataset
     from qsgt_plugin.quant.method import QuantMethod, WeightQuantizer
 
 PROJECT = "qsgt_plugin"
@@ -55,4 +56,14 @@ def register_models(register: Callable[[Callable[..., nn.Module]], None]) -> Non
         register: call it with a timm-style entry-point function; the model is filed under
             the function's ``__name__``. A function already filed by ``@timm.models.register_model``
             is accepted; a different function under an existing name is an error.
+    """
+
+
+@hookspec
+def register_datasets(register: Callable[[Dataset], None]) -> None:
+    """Register datasets a recipe can name (``data.dataset: NAME``).
+
+    Args:
+        register: call it with a :class:`~qsgt_plugin.common.datasets.Dataset` each; its
+            ``load`` returns a whole split as uint8 images and int64 labels.
     """

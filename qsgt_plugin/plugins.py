@@ -20,6 +20,7 @@ import timm.models
 from torch import nn
 
 from qsgt_plugin import hookspecs
+from qsgt_plugin.common.datasets import Dataset
 from qsgt_plugin.errors import PluginError
 from qsgt_plugin.quant import convert as convert_with
 from qsgt_plugin.quant.method import Catalogue, QuantMethod, WeightQuantizer
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 # Entry-point name -> module, as declared in pyproject.toml.
 BUILTIN_PLUGINS = {
+    "builtin_datasets": "qsgt_plugin.common.datasets",
     "builtin_quant": "qsgt_plugin.quant.builtin",
     "resnet_cifar": "qsgt_plugin.models.resnet_cifar",
 }
@@ -90,7 +92,8 @@ def _load_entry_points(pm: pluggy.PluginManager, eps: Iterable) -> None:
 
 
 class Registry(Catalogue):
-    """Quantization methods, weight quantizers and models registered by a PluginManager's plugins.
+    """Quantization methods, weight quantizers, models and datasets registered by a
+    PluginManager's plugins.
 
     Each registration hook is called once per plugin, so a clash names both plugins.
     """
@@ -102,10 +105,12 @@ class Registry(Catalogue):
         self.pm = pm
         self.failed_plugins: dict[str, str] = dict(failed)
         self.models: dict[str, Callable[..., nn.Module]] = {}
+        self.datasets: dict[str, Dataset] = {}
         self._owner: dict[tuple[str, str], str] = {}
         self._collect("register_quant_methods", "quantization method", self._add_method)
         self._collect("register_weight_quantizers", "weight quantizer", self._add_weight_quantizer)
         self._collect("register_models", "model", self._add_model)
+        self._collect("register_datasets", "dataset", self._add_dataset)
 
     def _collect(self, hook_name: str, kind: str, add: Callable[[str, object, str], None]) -> None:
         """Call the hook through pluggy (its order, wrappers and tracing apply); ``register``
@@ -149,6 +154,14 @@ class Registry(Catalogue):
         else:
             timm.models.register_model(fn)
         self.models[name] = fn
+
+    def _add_dataset(self, name: str, dataset: object, plugin: str) -> None:
+        if not isinstance(dataset, Dataset):
+            raise PluginError(
+                f"plugin {plugin!r} registered {dataset!r}, not a qsgt_plugin.common.datasets."
+                "Dataset"
+            )
+        self.datasets[name] = dataset
 
 
 def _code(function: Callable) -> object:

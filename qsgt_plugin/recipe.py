@@ -74,7 +74,8 @@ class SGTSection(_Section):
 
 
 class DataSection(_Section):
-    dataset: Literal["mnist", "cifar10"] = "mnist"
+    dataset: str = "mnist"
+    """A registered dataset: ``mnist``, ``cifar10`` or one a plugin adds (checked on build)."""
     root: str | None = None
     """Dataset folder in torchvision's layout; else $QSGT_DATA; else a download cache."""
     batch_size: int = Field(128, ge=1)

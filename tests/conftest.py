@@ -93,3 +93,20 @@ def _require_data() -> None:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def synthetic_dataset(monkeypatch):
+    """The process's plugin registry with the tests' dataset plugin added (``synthetic``).
+
+    It goes through the plugin manager and the ``register_datasets`` hook as an installed
+    third-party plugin would; the registry before the test is back when it ends.
+    """
+    import synthetic_data
+
+    from qsgt_plugin import plugins
+
+    pm = plugins.make_plugin_manager()
+    pm.register(synthetic_data, name="synthetic_data")
+    monkeypatch.setattr(plugins, "_registry", plugins.Registry(pm))
+    return synthetic_data.GRATINGS

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
+from qsgt_plugin.common.datasets import CIFAR10, MNIST
 from qsgt_plugin.training.data import (
-    DATASETS,
     DatasetNotFoundError,
     Loader,
     crop_flip,
@@ -71,7 +71,7 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 def test_corrupted_dataset_is_a_clear_error(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    for name in DATASETS["cifar10"].files:
+    for name in CIFAR10.files:
         (folder / name).write_bytes(b"not a pickle")
     with pytest.raises(DatasetNotFoundError, match="is not the official cifar10 file"):
         load_split("cifar10", True, root=tmp_path)
@@ -221,7 +221,7 @@ def _mnist_copy(tmp_path) -> Path:
     """A writable copy of the real MNIST files."""
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in DATASETS["mnist"].files:
+    for name in MNIST.files:
         shutil.copyfile(Path(os.environ["QSGT_DATA"]) / "MNIST" / "raw" / name, raw / name)
         (raw / name).chmod(0o644)
     return raw

@@ -3,7 +3,6 @@ benchmark scripts' quick modes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.run_dir.results import ResultsTable
 from qsgt_plugin.training.data import Loader
 from qsgt_plugin.training.loop import train
 from qsgt_plugin.training.step import resolve_auto
@@ -138,14 +138,6 @@ def test_benchmarks_run_in_quick_mode(script):
     assert "failed" not in out
 
 
-def _reproduce():
-    """benchmarks/reproduce.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @needs_data
 @pytest.mark.slow
 def test_reproduce_quick_appends_a_row(tmp_path):
@@ -166,14 +158,13 @@ def test_reproduce_quick_appends_a_row(tmp_path):
         timeout=600,
         check=True,
     )
-    text = results.read_text()
-    assert "PACT Table 1" in text
-    row = [line for line in text.splitlines() if line.startswith("| mnist-w4a4-sgt")]
-    assert len(row) == 1
-    columns = _reproduce().COLUMNS
-    cells = dict(zip(columns, (c.strip() for c in row[0].strip("|").split("|")), strict=True))
-    assert [cells[k] for k in ("dataset", "model", "method", "bits", "SGT", "seed")] == [
-        "mnist", "resnet20", "pact", "w4a4", "yes", "0",
-    ]  # fmt: skip
-    assert cells["test acc"].endswith("%") and cells["device"] == f"CPU, {os.cpu_count()} cores"
-    assert "python benchmarks/reproduce.py --quick mnist-w4a4-sgt --seed 0" in cells["command"]
+    assert "PACT Table 1" in results.read_text()
+    table = ResultsTable(results)
+    assert table.rows() == []  # a smoke run is never a measurement
+    (row,) = table.rows(quick=True)
+    assert row.experiment == "mnist-w4a4-sgt (quick smoke run)"
+    assert (row.dataset, row.model, row.method, row.bits, row.sgt, row.seed) == (
+        "mnist", "resnet20", "pact", "w4a4", "yes", 0,
+    )  # fmt: skip
+    assert row.test_acc.endswith("%") and row.device == f"CPU, {os.cpu_count()} cores"
+    assert "python benchmarks/reproduce.py --quick mnist-w4a4-sgt --seed 0" in row.command

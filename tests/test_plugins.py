@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import sys
 import textwrap
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import timm
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from qsgt_plugin import hookimpl
+from qsgt_plugin.common.datasets import Dataset
 from qsgt_plugin.plugins import (
     BUILTIN_PLUGINS,
     PluginError,
@@ -53,7 +57,9 @@ def test_every_hook_of_the_builtins_registers_something():
     assert set(registry.methods) == {"pact", "pact_lsq"}
     assert set(registry.weight_quantizers) == {"dorefa", "int_per_channel"}
     assert set(registry.models) == {"resnet20", "resnet32", "resnet44", "resnet56"}
+    assert set(registry.datasets) == {"mnist", "cifar10"}
     assert registry.methods["pact"].act_quant is PACTActPerTensorFloat
+    assert registry.datasets["cifar10"].shape == (3, 32, 32)
 
 
 def test_module_level_listings():
@@ -262,7 +268,12 @@ def test_every_hook_specification_has_a_test_here():
         for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
         if hasattr(fn, "qsgt_plugin_spec")
     ]
-    assert hooks == ["register_models", "register_quant_methods", "register_weight_quantizers"]
+    assert hooks == [
+        "register_datasets",
+        "register_models",
+        "register_quant_methods",
+        "register_weight_quantizers",
+    ]
     for hook in hooks:
         assert f"def {hook}(self, register)" in source, f"no test plugin implements {hook}"
 
@@ -283,3 +294,131 @@ def test_hooks_are_called_through_pluggy_so_wrappers_see_them():
     registry = fresh_registry(Wrapper())
     assert seen == ["before", "after"]
     assert set(registry.methods) == {"pact", "pact_lsq"}
+
+
+@dataclass(frozen=True)
+class Squares(Dataset):
+    """Three classes of 8 x 8 images; ``broken`` returns images of the wrong size."""
+
+    broken: bool = False
+
+    def load(self, train, root=None, verify=True):
+        n = self.train_size if train else self.test_size
+        labels = torch.arange(n) % self.num_classes
+        side = 6 if self.broken else 8
+        images = (labels[:, None, None, None] * 100).expand(n, 1, side, side)
+        return images.to(torch.uint8).contiguous(), labels
+
+
+def squares(broken: bool = False) -> Squares:
+    kwargs = dict(mean=(0.5,), std=(0.5,), train_size=60, test_size=30, num_classes=3)
+    return Squares("squares", shape=(1, 8, 8), broken=broken, **kwargs)
+
+
+class SquaresPlugin:
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    @hookimpl
+    def register_datasets(self, register):
+        register(self.dataset)
+
+
+@pytest.fixture
+def registry_with(monkeypatch):
+    """Install a registry with extra plugins as the process-wide one for one test."""
+    from qsgt_plugin import plugins
+
+    def install(*extra):
+        registry = fresh_registry(*extra)
+        monkeypatch.setattr(plugins, "_registry", registry)
+        return registry
+
+    return install
+
+
+def test_a_dataset_plugin_feeds_the_loader_and_its_declaration_is_checked(registry_with):
+    from qsgt_plugin.errors import DatasetNotFoundError
+    from qsgt_plugin.training.data import load_split
+
+    registry = registry_with(SquaresPlugin(squares()))
+    assert set(registry.datasets) == {"mnist", "cifar10", "squares"}
+    images, labels = load_split("squares", train=False)
+    assert images.shape == (30, 1, 8, 8) and labels.tolist()[:4] == [0, 1, 2, 0]
+    registry_with(SquaresPlugin(squares(broken=True)))
+    with pytest.raises(
+        DatasetNotFoundError,
+        match=r"squares's training split does not match its declaration: images are "
+        r"torch.uint8 \(1, 6, 6\), not uint8 \(1, 8, 8\)",
+    ):
+        load_split("squares", train=True)
+
+
+def test_an_unknown_dataset_names_the_registered_ones(registry_with):
+    from qsgt_plugin.errors import RecipeError
+    from qsgt_plugin.recipe import Recipe
+    from qsgt_plugin.training.build import check_recipe
+
+    registry_with(SquaresPlugin(squares()))
+    recipe = Recipe.model_validate({"data": {"dataset": "squaress"}})
+    with pytest.raises(
+        RecipeError, match=r"unknown dataset 'squaress'; registered: cifar10, mnist, squares"
+    ):
+        check_recipe(recipe)
+
+
+def test_a_dataset_of_the_wrong_type_or_twice_is_an_error():
+    class NotADataset:
+        name = "fake"
+
+    class Wrong:
+        @hookimpl
+        def register_datasets(self, register):
+            register(NotADataset())
+
+    with pytest.raises(PluginError, match=r"registered .*NotADataset.*, not a .*Dataset"):
+        fresh_registry(Wrong())
+    with pytest.raises(PluginError, match=r"dataset 'squares' is registered twice"):
+        fresh_registry(SquaresPlugin(squares()), SquaresPlugin(squares()))
+    with pytest.raises(ValueError, match="one value per channel"):
+        Squares("rgb", shape=(3, 8, 8), mean=(0.5,), std=(0.5,), train_size=1)
+
+
+def test_qsgt_train_finds_a_dataset_from_an_installed_package(tmp_path):
+    """Another process, the CLI, an entry point: as a user's own dataset package would."""
+    import subprocess
+
+    tests = Path(__file__).parent
+    write_distribution(tmp_path, "qsgt_ext_data", "from synthetic_data import register_datasets\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: {dataset: synthetic, batch_size: 64, train_subset: 128, test_subset: 64}\n"
+        "quant: {enabled: false}\n"
+        f"train: {{epochs: 1}}\noutput: {{dir: {tmp_path / 'run'}}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(tests)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "qsgt_plugin.cli", "train", str(recipe)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"test accuracy \d+\.\d\d% \(best .*\) after 2 steps", done.stdout)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qsgt_plugin.cli",
+            "train",
+            str(recipe),
+            "--set",
+            "data.dataset=synthetc",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tests)},  # the package not installed
+    )
+    assert bad.returncode == 2
+    assert "unknown dataset 'synthetc'; registered: cifar10, mnist" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

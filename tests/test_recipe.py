@@ -48,10 +48,6 @@ def test_set_values_are_parsed_as_yaml():
             "quant: {weight_bits: 9}",
             r"quant\.weight_bits: Input should be less than or equal to 8 \(got 9\)",
         ),
-        (
-            "data: {dataset: imagenet}",
-            r"data\.dataset: Input should be 'mnist' or 'cifar10' \(got 'imagenet'\)",
-        ),
         ("sgt: {fill: zeros}", r"sgt\.fill: Input should be 'uniform', 'mean' or 'constant'"),
         ("optim: {lr: fast}", r"optim\.lr: Input should be a valid number"),
         (
@@ -67,6 +63,16 @@ def test_set_values_are_parsed_as_yaml():
 def test_bad_keys_and_values_name_the_path_value_and_allowed(tmp_path, text, expected):
     with pytest.raises(RecipeError, match=expected):
         load_recipe(write(tmp_path, text))
+
+
+def test_an_unregistered_dataset_is_refused_before_anything_is_built(tmp_path):
+    from qsgt_plugin.training.build import check_recipe
+
+    recipe = load_recipe(write(tmp_path, "data: {dataset: imagenet}"))  # plugins may add it
+    with pytest.raises(
+        RecipeError, match=r"data\.dataset: unknown dataset 'imagenet'; registered: cifar10, mnist"
+    ):
+        check_recipe(recipe)
 
 
 def test_every_problem_is_listed_at_once(tmp_path):

@@ -3,7 +3,6 @@ the accuracy the row states, to the image (2 decimals of 10,000 test images)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -14,28 +13,17 @@ import torch
 from qsgt_plugin.cli import main
 from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.run_dir.results import ResultsTable, Row, shipped_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def rows() -> list[Row]:
+    return ResultsTable(ROOT / "RESULTS.md").rows()
 
 
-def rows() -> list[dict[str, str]]:
-    reproduce = _reproduce()
-    return [
-        r
-        for r in reproduce._rows((ROOT / "RESULTS.md").read_text())
-        if "quick" not in r["experiment"]
-    ]
-
-
-def shipped(row: dict[str, str]) -> Path:
-    return ROOT / "results" / row["dataset"] / f"{row['experiment']}-s{row['seed']}"
+def shipped(row: Row) -> Path:
+    return shipped_dir(row, ROOT / "results")
 
 
 def test_every_row_ships_its_weights_and_every_shipped_run_has_a_row():
@@ -51,21 +39,21 @@ def test_every_row_ships_its_weights_and_every_shipped_run_has_a_row():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
-@pytest.mark.parametrize("row", rows(), ids=lambda r: f"{r['experiment']}-s{r['seed']}")
+@pytest.mark.parametrize("row", rows(), ids=lambda r: f"{r.experiment}-s{r.seed}")
 def test_shipped_weights_reach_the_stated_accuracy(row):
     run = load_run(shipped(row))
     loader = run.test_loader()
     accuracy, _ = evaluate(run.model, loader)
     assert len(loader.labels) == 10000
-    assert f"{100 * accuracy:.2f}%" == row["test acc"]
+    assert f"{100 * accuracy:.2f}%" == row.test_acc
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
 @pytest.mark.parametrize(
     "row",
-    [r for r in rows() if r["method"] != "fp32"],
-    ids=lambda r: f"{r['experiment']}-s{r['seed']}",
+    [r for r in rows() if r.method != "fp32"],
+    ids=lambda r: f"{r.experiment}-s{r.seed}",
 )
 def test_shipped_quantized_weights_export_and_predict_the_same_on_the_test_set(row, tmp_path):
     import onnxruntime as ort
@@ -75,10 +63,10 @@ def test_shipped_quantized_weights_export_and_predict_the_same_on_the_test_set(r
     labels = run.test_loader().labels.numpy()
     with torch.no_grad():
         expected = torch.cat([run.model.eval()(b) for b in x.split(500)]).numpy()
-    assert f"{100 * (expected.argmax(1) == labels).mean():.2f}%" == row["test acc"]
+    assert f"{100 * (expected.argmax(1) == labels).mean():.2f}%" == row.test_acc
     # qdq on CIFAR-10: its logits are closer together (label smoothing, a harder task), so the
     # same re-quantization moves more images across a class boundary (RESULTS.md, Deployment)
-    qdq_same, qdq_points = {"mnist": (0.995, 0.0015), "cifar10": (0.97, 0.003)}[row["dataset"]]
+    qdq_same, qdq_points = {"mnist": (0.995, 0.0015), "cifar10": (0.97, 0.003)}[row.dataset]
     for format, same_top1, points in (("packed", 0.999, 0.0015), ("qdq", qdq_same, qdq_points)):
         out = tmp_path / f"{format}.onnx"
         assert main(["export", str(shipped(row)), "--out", str(out), "--format", format]) == 0

@@ -24,13 +24,10 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from qsgt_plugin.common.datasets import CIFAR10_MEAN, CIFAR10_STD
 from qsgt_plugin.hookspecs import hookimpl
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "BasicBlock", "CifarResNet"]
-
-# CIFAR-10's training-set channel statistics: the models' timm cfg and the data loader's.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class _ChannelsLastGrad(torch.autograd.Function):

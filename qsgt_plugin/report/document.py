@@ -33,7 +33,7 @@ from qsgt_plugin.report.markdown import markdown
 from qsgt_plugin.report.seeds import aggregate, group_runs, pair_groups, pair_tests, scalars
 from qsgt_plugin.run_dir import Run
 from qsgt_plugin.training.build import check_offset
-from qsgt_plugin.training.data import DATASETS
+from qsgt_plugin.training.data import get_dataset
 
 __all__ = ["build_report", "run_suite"]
 
@@ -112,7 +112,7 @@ def run_suite(
     run: Run, images: int | None, method: str, mprt_images: int | None, offset: int = 0
 ) -> dict:
     """The explanation suite of one run on ``images`` test images from index ``offset``."""
-    info = DATASETS[run.recipe.data.dataset]
+    info = get_dataset(run.recipe.data.dataset)
     return explanation_suite(
         run.model,
         run.test_loader(limit=images, offset=offset),

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from qsgt_plugin.errors import CheckpointError, RecipeError, RunError
+from qsgt_plugin.plugins import get_registry
 from qsgt_plugin.recipe import Recipe, apply_overrides, parse_recipe
 from qsgt_plugin.run_dir.checkpoint import load_checkpoint
 from qsgt_plugin.run_dir.directory import read_metrics
 from qsgt_plugin.training.build import build_model, example_batch, make_loader
-from qsgt_plugin.training.data import DATASETS, Loader
+from qsgt_plugin.training.data import Loader, get_dataset
 
 __all__ = [
     "CHECKPOINTS",
@@ -95,7 +96,7 @@ def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
             "refused. Only load checkpoints written by qsgt"
         )
     dataset = payload["recipe"].get("data", {}).get("dataset", "mnist")
-    example = example_batch(dataset) if dataset in DATASETS else None
+    example = example_batch(dataset) if dataset in get_registry().datasets else None
     try:
         model = build_model(config["name"], kwargs, config.get("quant"), example)
     except RecipeError as exc:
@@ -153,7 +154,7 @@ class Run:
 
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        info = DATASETS[self.recipe.data.dataset]
+        info = get_dataset(self.recipe.data.dataset)
         return info.mean, info.std
 
 

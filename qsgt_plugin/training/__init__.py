@@ -1,7 +1,7 @@
 """The training layer: what a recipe builds, the loop that trains it, and how it is launched.
 
 * :mod:`.build` - the model, optimizer, schedule and loaders a recipe describes;
-* :mod:`.data` - MNIST and CIFAR-10 as uint8 tensors, batched and augmented on the device;
+* :mod:`.data` - the registered datasets as uint8 tensors, batched and augmented on the device;
 * :mod:`.step` - one optimizer step (precision, channels-last, SGT, compilation);
 * :mod:`.loop` - ``train(recipe)``: the loop, evaluation, checkpoints, resuming;
 * :mod:`.progress`, :mod:`.resume` - its progress line and the changes a resumed run may make;

@@ -29,7 +29,7 @@ from qsgt_plugin.recipe import (
     parse_recipe,
 )
 from qsgt_plugin.sgt import SaliencyGuidedTraining
-from qsgt_plugin.training.data import DATASETS, Loader, load_split
+from qsgt_plugin.training.data import Loader, get_dataset, load_split
 
 __all__ = [
     "CALIBRATION_KEYS",
@@ -60,8 +60,8 @@ def check_recipe(recipe: Recipe) -> Recipe:
     ``in_chans`` where the recipe leaves them out.
 
     Raises:
-        RecipeError: an unknown model, method or weight quantizer; model options that do not
-            fit the dataset.
+        RecipeError: an unknown model, method, weight quantizer or dataset; model options that
+            do not fit the dataset.
     """
     registry = get_registry()
     problems = []
@@ -80,8 +80,14 @@ def check_recipe(recipe: Recipe) -> Recipe:
             if wq is not None and wq not in registry.weight_quantizers:
                 known = ", ".join(sorted(registry.weight_quantizers))
                 problems.append(f"quant.{key}: unknown weight quantizer {wq!r}; known: {known}")
-    info = DATASETS[recipe.data.dataset]
     data = recipe.data
+    info = registry.datasets.get(data.dataset)
+    if info is None:
+        known = ", ".join(sorted(registry.datasets))
+        problems.append(
+            f"data.dataset: unknown dataset {data.dataset!r}; registered: {known} (a plugin adds "
+            "one with the register_datasets hook)"
+        )
     if data.train_subset is not None and data.train_subset < data.batch_size:
         problems.append(
             f"data.train_subset: {data.train_subset} images make less than one batch of "
@@ -89,7 +95,8 @@ def check_recipe(recipe: Recipe) -> Recipe:
             "train_subset of at least data.batch_size"
         )
     kwargs = dict(recipe.model.kwargs)
-    for key, value in (("num_classes", info.num_classes), ("in_chans", info.shape[0])):
+    fits = () if info is None else (("num_classes", info.num_classes), ("in_chans", info.shape[0]))
+    for key, value in fits:
         if kwargs.setdefault(key, value) != value:
             problems.append(
                 f"model.kwargs.{key}: {kwargs[key]!r} does not fit {recipe.data.dataset} "
@@ -121,7 +128,7 @@ def check_buildable(recipe: Recipe) -> None:
 def example_batch(dataset: str, n: int = 2) -> Tensor:
     """A random batch shaped like ``dataset``'s images (dry runs of a model)."""
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(n, *DATASETS[dataset].shape, generator=generator)
+    return torch.randn(n, *get_dataset(dataset).shape, generator=generator)
 
 
 def build_model(
@@ -275,7 +282,7 @@ def make_loader(
         UsageError: an ``offset`` that leaves no image.
     """
     data = recipe.data
-    info = DATASETS[data.dataset]
+    info = get_dataset(data.dataset)
     check_offset(recipe, offset, train)
     images, labels = load_split(data.dataset, train, data.root, verify=data.verify)
     subset = data.train_subset if train else data.test_subset
@@ -303,7 +310,7 @@ def make_loader(
 
 def check_offset(recipe: Recipe, offset: int, train: bool = False) -> None:
     """``UsageError`` for an ``offset`` that leaves no image of the split (reads no data)."""
-    data, info = recipe.data, DATASETS[recipe.data.dataset]
+    data, info = recipe.data, get_dataset(recipe.data.dataset)
     subset = data.train_subset if train else data.test_subset
     whole = info.train_size if train else info.test_size
     size = whole if subset is None else min(subset, whole)
@@ -318,7 +325,7 @@ def _augmentation(data: DataSection) -> tuple[int, str]:
     """``(crop padding, flip mode)`` of the training images: the recipe's, else the dataset's."""
     if not data.augment:
         return 0, "none"
-    info = DATASETS[data.dataset]
+    info = get_dataset(data.dataset)
     padding = info.padding if data.crop_padding is None else data.crop_padding
     return padding, data.flip or info.flip
 

@@ -1,8 +1,8 @@
-"""MNIST and CIFAR-10 through torchvision, held as uint8 tensors and batched in tensors.
+"""The datasets a recipe names, held as uint8 tensors and batched in tensors.
 
-Where the data is looked for, in order: the recipe's ``data.root``, the ``QSGT_DATA`` variable,
-then ``~/.cache/qsgt/data`` with torchvision's download. A dataset that is not where it was
-looked for is a :class:`DatasetNotFoundError` naming the place; nothing falls back to fake data.
+Datasets come from plugins (:mod:`qsgt_plugin.common.datasets`: MNIST and CIFAR-10 built in,
+any other through the ``register_datasets`` hook); :func:`load_split` checks what a plugin
+returns before anything trains on it.
 
 Augmentation works on whole uint8 batches on their device: CIFAR-10's pad-4 random crop and
 horizontal flip, with torchvision's semantics (zero padding before normalisation).
@@ -10,96 +10,42 @@ horizontal flip, with torchvision's semantics (zero padding before normalisation
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torchvision
 from torch import Tensor
 
-from qsgt_plugin.errors import DatasetNotFoundError
-from qsgt_plugin.models.resnet_cifar import CIFAR10_MEAN, CIFAR10_STD
+from qsgt_plugin.common.datasets import FLIPS, Dataset, find_root
+from qsgt_plugin.errors import DatasetNotFoundError, RecipeError
+from qsgt_plugin.plugins import get_registry
 
 __all__ = [
-    "DATASETS",
     "FLIPS",
-    "DatasetInfo",
+    "Dataset",
     "DatasetNotFoundError",
     "Loader",
     "crop_flip",
     "crop_flip_params",
     "find_root",
+    "get_dataset",
     "load_split",
 ]
 
-DEFAULT_ROOT = Path("~/.cache/qsgt/data").expanduser()
 
+def get_dataset(name: str) -> Dataset:
+    """The registered dataset ``name``.
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    cls: type
-    folder: str
-    files: dict[str, str]
-    """File name -> md5 of the official release (the uncompressed MNIST files' published md5s,
-    CIFAR-10's as torchvision lists them)."""
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    shape: tuple[int, int, int]
-    """``(channels, height, width)`` of an image."""
-    train_size: int
-    padding: int
-    """Random-crop padding of the default augmentation (0: none)."""
-    flip: str
-    """Horizontal flips of the default augmentation (digits are not mirrored)."""
-    num_classes: int = 10
-    test_size: int = 10_000
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(
-        torchvision.datasets.MNIST,
-        "MNIST/raw",
-        {
-            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-        },
-        shape=(1, 28, 28),
-        train_size=60000,
-        mean=(0.1307,),
-        std=(0.3081,),
-        padding=0,
-        flip="none",
-    ),
-    "cifar10": DatasetInfo(
-        torchvision.datasets.CIFAR10,
-        "cifar-10-batches-py",
-        {
-            **{name: md5 for name, md5 in torchvision.datasets.CIFAR10.train_list},
-            **{name: md5 for name, md5 in torchvision.datasets.CIFAR10.test_list},
-            "batches.meta": torchvision.datasets.CIFAR10.meta["md5"],
-        },
-        shape=(3, 32, 32),
-        train_size=50000,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-        padding=4,
-        flip="random",
-    ),
-}
-
-
-def find_root(root: str | os.PathLike | None = None) -> tuple[Path, str, bool]:
-    """``(folder, where it came from, whether downloading is allowed)``."""
-    if root is not None:
-        return Path(root).expanduser(), "data.root", False
-    if os.environ.get("QSGT_DATA"):
-        return Path(os.environ["QSGT_DATA"]).expanduser(), "QSGT_DATA", False
-    return DEFAULT_ROOT, "the default cache", True
+    Raises:
+        RecipeError: no plugin registered it (the message names those that are).
+    """
+    datasets = get_registry().datasets
+    if name not in datasets:
+        raise RecipeError(
+            f"data.dataset: unknown dataset {name!r}; registered: {', '.join(sorted(datasets))} "
+            "(a plugin adds one with the register_datasets hook)"
+        )
+    return datasets[name]
 
 
 def load_split(
@@ -107,62 +53,34 @@ def load_split(
 ) -> tuple[Tensor, Tensor]:
     """All images of a split as ``uint8 (N, C, H, W)`` and their labels as ``int64 (N,)``.
 
-    With ``verify`` the files must be the official release (their md5s); the labels must always
-    be class indices. A corrupted copy would otherwise train silently at chance.
+    With ``verify`` a dataset that can checks its files are the official release. Whatever
+    the dataset's ``load`` returns must match what it declares (dtype, shape, size, labels are
+    class indices): a corrupted copy or a wrong plugin would otherwise train silently at chance.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    info = DATASETS[name]
-    folder, source, download = find_root(root)
-    missing = [f for f in info.files if not (folder / info.folder / f).is_file()]
-    if missing and not download:
-        raise DatasetNotFoundError(
-            f"{name} not found: looked in {folder / info.folder} (from {source}) and missed "
-            f"{', '.join(missing)}. Put the dataset there in torchvision's layout, or point "
-            "data.root in the recipe or the QSGT_DATA variable at the folder that holds it."
+    dataset = get_dataset(name)
+    images, labels = dataset.load(train, root, verify)
+    split = "training" if train else "test"
+    size = dataset.train_size if train else dataset.test_size
+    problems = []
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != dataset.shape:
+        problems.append(
+            f"images are {images.dtype} {tuple(images.shape[1:])}, not uint8 {dataset.shape}"
         )
-    if verify and not missing:
-        _verify(name, folder / info.folder, source)
-    try:
-        dataset = info.cls(str(folder), train=train, download=download and bool(missing))
-        images = torch.as_tensor(dataset.data)
-        labels = torch.as_tensor(dataset.targets, dtype=torch.long)
-    except Exception as exc:  # torchvision raises RuntimeError, URLError, pickle errors, ...
+    if labels.dtype != torch.long or labels.shape != (len(images),):
+        problems.append(f"labels are {labels.dtype} {tuple(labels.shape)}, not int64 (N,)")
+    if len(images) != size:
+        problems.append(f"{len(images)} images where the dataset declares {size}")
+    if problems:
         raise DatasetNotFoundError(
-            f"{name} could not be loaded from {folder} (from {source}): {exc}. Check the files "
-            "(a truncated or corrupted download?) or set data.root / QSGT_DATA."
-        ) from exc
-    if len(labels) and (int(labels.min()) < 0 or labels.max() >= info.num_classes):
-        raise DatasetNotFoundError(
-            f"{name} in {folder} has labels {int(labels.min())}..{int(labels.max())}, outside "
-            f"0..{info.num_classes - 1}: the files are corrupted; use the official release"
+            f"{name}'s {split} split does not match its declaration: {'; '.join(problems)}. "
+            f"Fix the dataset plugin's load() or its declared shape and sizes"
         )
-    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
-    return images.contiguous(), labels
-
-
-_VERIFIED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) of files found good
-
-
-def _verify(name: str, folder: Path, source: str) -> None:
-    """Each file of the dataset has the md5 of the official release."""
-    for file, md5 in DATASETS[name].files.items():
-        path = folder / file
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key in _VERIFIED:
-            continue
-        digest = hashlib.md5(usedforsecurity=False)
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-        if digest.hexdigest() != md5:
-            raise DatasetNotFoundError(
-                f"{path} (from {source}) is not the official {name} file: its md5 is "
-                f"{digest.hexdigest()}, the release's is {md5}. Replace the file with the "
-                "official one, or set data.verify: false to use a modified copy on purpose"
-            )
-        _VERIFIED[key] = True
+    if len(labels) and (int(labels.min()) < 0 or labels.max() >= dataset.num_classes):
+        raise DatasetNotFoundError(
+            f"{name} has labels {int(labels.min())}..{int(labels.max())}, outside "
+            f"0..{dataset.num_classes - 1}: the files are corrupted; use the official release"
+        )
+    return images, labels
 
 
 def crop_flip_params(
@@ -188,9 +106,6 @@ def crop_flip(images: Tensor, padding: int, crops: Tensor, flips: Tensor) -> Ten
     batch = torch.arange(n, device=images.device)[:, None, None]
     out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
     return out.permute(0, 3, 1, 2).contiguous()
-
-
-FLIPS = ("none", "random", "alternate")
 
 
 class Loader:

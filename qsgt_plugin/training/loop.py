@@ -43,7 +43,7 @@ from qsgt_plugin.training.build import (
     make_sgt,
     resolve_device,
 )
-from qsgt_plugin.training.data import DATASETS, Loader
+from qsgt_plugin.training.data import Loader, get_dataset
 from qsgt_plugin.training.distributed import Distributed, setup
 from qsgt_plugin.training.progress import Meter, Progress
 from qsgt_plugin.training.resume import apply_resume_changes, resume_changes
@@ -139,7 +139,7 @@ def _check_world(recipe: Recipe, world: int) -> None:
     """Every process needs at least one image of every batch, the epoch's last one included."""
     if world <= 1:
         return
-    n = recipe.data.train_subset or DATASETS[recipe.data.dataset].train_size
+    n = recipe.data.train_subset or get_dataset(recipe.data.dataset).train_size
     batch = recipe.data.batch_size
     smallest = min(batch, n % batch or batch)
     if smallest < world:

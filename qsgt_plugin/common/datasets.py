@@ -1,0 +1,211 @@
+"""Datasets as plugins: what a dataset plugin registers, and MNIST and CIFAR-10 built in.
+
+A dataset is a :class:`Dataset`: the shape, normalisation and default augmentation of its
+images, and a ``load`` that returns a whole split as uint8 tensors. A plugin registers one with
+the ``register_datasets`` hook; a recipe names it in ``data.dataset``. The built-in datasets
+are a plugin too (``builtin_datasets`` in the package's entry points)::
+
+    class Shapes(Dataset):
+        def load(self, train, root=None, verify=True):
+            ...  # (N, C, H, W) uint8 images, (N,) int64 labels
+
+    @qsgt_plugin.hookimpl
+    def register_datasets(register):
+        register(Shapes("shapes", shape=(1, 16, 16), mean=(0.5,), std=(0.25,), train_size=5000))
+
+MNIST and CIFAR-10 are read through torchvision. Where they are looked for, in order: the
+recipe's ``data.root``, the ``QSGT_DATA`` variable, then ``~/.cache/qsgt/data`` with
+torchvision's download. A dataset that is not where it was looked for is a
+:class:`DatasetNotFoundError` naming the place; nothing falls back to fake data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor
+
+from qsgt_plugin.errors import DatasetNotFoundError
+from qsgt_plugin.hookspecs import hookimpl
+
+__all__ = [
+    "CIFAR10",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "MNIST",
+    "Dataset",
+    "TorchvisionDataset",
+    "find_root",
+    "register_datasets",
+]
+
+DEFAULT_ROOT = Path("~/.cache/qsgt/data").expanduser()
+FLIPS = ("none", "random", "alternate")
+
+# CIFAR-10's training-set channel statistics: the loader's and the CIFAR models' timm cfg.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An image classification dataset a recipe can name.
+
+    Args:
+        name: what ``data.dataset`` says.
+        shape: ``(channels, height, width)`` of an image.
+        mean, std: per-channel normalisation on the 0..1 scale.
+        train_size, test_size: images in each split (``load`` must return this many).
+        num_classes: labels are ``0 .. num_classes - 1``.
+        padding: random-crop padding of the default augmentation (0: none).
+        flip: horizontal flips of the default augmentation (``none``, ``random``, ``alternate``).
+    """
+
+    name: str
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_size: int
+    test_size: int = 10_000
+    num_classes: int = 10
+    padding: int = 0
+    flip: str = "none"
+
+    def __post_init__(self) -> None:
+        channels = self.shape[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(
+                f"dataset {self.name!r}: mean and std need one value per channel ({channels})"
+            )
+        if self.flip not in FLIPS:
+            raise ValueError(f"dataset {self.name!r}: flip {self.flip!r} is not one of {FLIPS}")
+
+    def load(
+        self, train: bool, root: str | os.PathLike | None = None, verify: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """A whole split: ``uint8 (N, C, H, W)`` images and ``int64 (N,)`` labels.
+
+        Args:
+            train: the training split, else the test split.
+            root: the recipe's ``data.root`` (None: the dataset's own default).
+            verify: check the files are the official release, where the dataset can.
+        """
+        raise NotImplementedError(f"dataset {self.name!r} does not implement load()")
+
+
+@dataclass(frozen=True)
+class TorchvisionDataset(Dataset):
+    """A dataset torchvision reads from its own folder layout, checked against published md5s.
+
+    Args:
+        cls: the torchvision dataset class.
+        folder: where its files sit under the root.
+        files: file name -> md5 of the official release.
+    """
+
+    cls: type | None = None
+    folder: str = ""
+    files: dict[str, str] | None = None
+
+    def load(
+        self, train: bool, root: str | os.PathLike | None = None, verify: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        folder, source, download = find_root(root)
+        missing = [f for f in self.files if not (folder / self.folder / f).is_file()]
+        if missing and not download:
+            raise DatasetNotFoundError(
+                f"{self.name} not found: looked in {folder / self.folder} (from {source}) and "
+                f"missed {', '.join(missing)}. Put the dataset there in torchvision's layout, or "
+                "point data.root in the recipe or the QSGT_DATA variable at the folder that "
+                "holds it."
+            )
+        if verify and not missing:
+            self._verify(folder / self.folder, source)
+        try:
+            dataset = self.cls(str(folder), train=train, download=download and bool(missing))
+            images = torch.as_tensor(dataset.data)
+            labels = torch.as_tensor(dataset.targets, dtype=torch.long)
+        except Exception as exc:  # torchvision raises RuntimeError, URLError, pickle errors, ...
+            raise DatasetNotFoundError(
+                f"{self.name} could not be loaded from {folder} (from {source}): {exc}. Check "
+                "the files (a truncated or corrupted download?) or set data.root / QSGT_DATA."
+            ) from exc
+        images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+        return images.contiguous(), labels
+
+    def _verify(self, folder: Path, source: str) -> None:
+        """Each file of the dataset has the md5 of the official release."""
+        for file, md5 in self.files.items():
+            path = folder / file
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if key in _VERIFIED:
+                continue
+            digest = hashlib.md5(usedforsecurity=False)
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+            if digest.hexdigest() != md5:
+                raise DatasetNotFoundError(
+                    f"{path} (from {source}) is not the official {self.name} file: its md5 is "
+                    f"{digest.hexdigest()}, the release's is {md5}. Replace the file with the "
+                    "official one, or set data.verify: false to use a modified copy on purpose"
+                )
+            _VERIFIED[key] = True
+
+
+_VERIFIED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) of files found good
+
+
+def find_root(root: str | os.PathLike | None = None) -> tuple[Path, str, bool]:
+    """``(folder, where it came from, whether downloading is allowed)``."""
+    if root is not None:
+        return Path(root).expanduser(), "data.root", False
+    if os.environ.get("QSGT_DATA"):
+        return Path(os.environ["QSGT_DATA"]).expanduser(), "QSGT_DATA", False
+    return DEFAULT_ROOT, "the default cache", True
+
+
+MNIST = TorchvisionDataset(
+    "mnist",
+    shape=(1, 28, 28),
+    mean=(0.1307,),
+    std=(0.3081,),
+    train_size=60_000,
+    cls=torchvision.datasets.MNIST,
+    folder="MNIST/raw",
+    # the uncompressed files' published md5s
+    files={
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+)
+CIFAR10 = TorchvisionDataset(
+    "cifar10",
+    shape=(3, 32, 32),
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    train_size=50_000,
+    padding=4,
+    flip="random",
+    cls=torchvision.datasets.CIFAR10,
+    folder="cifar-10-batches-py",
+    files={
+        **dict(torchvision.datasets.CIFAR10.train_list),
+        **dict(torchvision.datasets.CIFAR10.test_list),
+        "batches.meta": torchvision.datasets.CIFAR10.meta["md5"],
+    },
+)
+
+
+@hookimpl
+def register_datasets(register) -> None:
+    register(MNIST)
+    register(CIFAR10)
