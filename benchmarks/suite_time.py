@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     total = time.perf_counter() - started
     print(
-        f"{run.name} ({run.label}), {result['images']} {run.recipe.data.dataset} test images, "
+        f"{run.name} ({run.label}), {result.images} {run.recipe.data.dataset} test images, "
         f"{torch.get_num_threads()} threads on {os.cpu_count()} cores, torch {torch.__version__}"
     )
     print(f"{'metric':22s} {'seconds':>8s}")
-    for name, seconds in result["seconds"].items():
+    for name, seconds in result.seconds.items():
         print(f"{name:22s} {seconds:8.1f}")
     print(f"{'total':22s} {total:8.1f}   (target <= {TARGET_S} s for 1,000 images)")
     return 0

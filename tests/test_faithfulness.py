@@ -4,6 +4,7 @@ ties, seeds, and their behaviour on a model trained on real MNIST."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from qsgt_plugin.attribution import (
     DeletionInsertion,
+    SuiteResult,
     compare,
     deletion_insertion,
     entropy,
@@ -338,14 +340,16 @@ def test_on_a_trained_model_saliency_beats_the_random_ranking(trained):
 def test_the_suite_gives_every_metric_and_its_time(trained):
     model, (x, y) = trained
     result = explanation_suite(model, [(x[:64], y[:64])], num_classes=10, mprt_images=32)
-    assert set(result["seconds"]) == {
+    assert set(result.seconds) == {
         "saliency", "complexity", "deletion_insertion", "road", "random_logit",
         "sensitivity_max", "mprt",
     }  # fmt: skip
-    assert all(t > 0 for t in result["seconds"].values())
-    assert result["images"] == 64 and len(result["mprt"]["similarity"]) == 20
-    assert 0 <= result["gini"] <= 1 and 0 < result["entropy"] <= np.log(784)
-    assert -1 <= result["random_logit"] <= 1 and 0 <= result["tied_fraction"] <= 1
+    assert all(t > 0 for t in result.seconds.values())
+    assert result.images == 64 and len(result.mprt.similarity) == 20
+    assert 0 <= result.gini <= 1 and 0 < result.entropy <= np.log(784)
+    assert -1 <= result.random_logit <= 1 and 0 <= result.tied_fraction <= 1
+    assert len(result.deletion_insertion.accuracy.saliency) == 11
+    assert SuiteResult.from_json(json.loads(json.dumps(result.to_json()))) == result
 
 
 def test_random_logit_on_three_channel_images():
@@ -365,3 +369,20 @@ def test_random_logit_without_quantus_names_the_extra(monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"pip install 'qsgt-plugin\[xai\]'") as info:
         random_logit(model, x, y, num_classes=3)
     assert isinstance(info.value, QsgtError) and isinstance(info.value, ImportError)
+
+
+def test_the_suite_result_is_typed_and_round_trips_through_json():
+    model = small_net()
+    x, y = batch()
+    result = explanation_suite(model, [(x, y)], num_classes=3, steps=4, mprt_images=2)
+    assert isinstance(result, SuiteResult)
+    di = result.deletion_insertion
+    assert len(di.fractions) == len(di.accuracy.saliency) == len(di.normalised.insertion.random)
+    assert result.road.auc.morf == result.to_json()["road"]["auc"]["morf"]
+    data = json.loads(json.dumps(result.to_json()))
+    assert SuiteResult.from_json(data) == result
+    data["road"]["auc"].pop("lerf")
+    data["road"]["auc"]["lerf_typo"] = 0.0
+    message = r"^road\.auc: not a RoadOrders; missing lerf; unknown lerf_typo"
+    with pytest.raises(ValueError, match=message):
+        SuiteResult.from_json(data)

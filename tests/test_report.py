@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from qsgt_plugin.attribution import SuiteResult
 from qsgt_plugin.cli import main
 from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.recipe import Recipe
@@ -128,6 +129,12 @@ def test_report_embeds_every_figure_and_saves_every_number(runs, tmp_path, capsy
     assert re.search(r"\| fp32 \| 2 \| [\d.]+ ± [\d.]+ \[[\d.-]+, [\d.-]+\] \|", text)
     for name, seconds in metrics["runs"]["mnist-w4a4"]["suite"]["seconds"].items():
         assert seconds > 0, name
+    suite = SuiteResult.from_json(metrics["runs"]["mnist-w4a4"]["suite"])
+    assert suite.images == 100 and len(suite.per_image["deletion_auc"]) == 100
+    # every file the report names is relative to it: the folder can move
+    assert metrics["datasets"]["mnist"]["figures"]["masking"] == "masking-curve-mnist.png"
+    assert metrics["datasets"]["mnist"]["comparison"]["figure"] == "attributions-mnist.png"
+    assert str(tmp_path) not in (out / "metrics.json").read_text() + text
 
 
 def test_not_a_run_is_a_user_error(tmp_path, capsys):

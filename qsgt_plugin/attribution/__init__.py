@@ -23,6 +23,7 @@ from qsgt_plugin.attribution.metrics import (
     top_overlap,
 )
 from qsgt_plugin.attribution.randomisation import mprt, random_logit, weight_layers
+from qsgt_plugin.attribution.results import SuiteResult
 from qsgt_plugin.attribution.road_imputation import Road, linear_imputation, road
 from qsgt_plugin.attribution.stats import compare, summarise
 from qsgt_plugin.attribution.suite import explanation_suite
@@ -34,6 +35,7 @@ __all__ = [
     "DeletionInsertion",
     "ModelView",
     "Road",
+    "SuiteResult",
     "alpha_figure",
     "attribution_grid",
     "band_figure",

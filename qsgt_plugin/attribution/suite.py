@@ -25,12 +25,18 @@ from torch import Tensor, nn
 from qsgt_plugin.attribution.faithfulness import DeletionInsertion
 from qsgt_plugin.attribution.metrics import entropy, gini, sensitivity_score
 from qsgt_plugin.attribution.randomisation import mprt, random_logit
+from qsgt_plugin.attribution.results import (
+    DeletionInsertionResult,
+    MprtResult,
+    RoadResult,
+    SuiteResult,
+)
 from qsgt_plugin.attribution.road_imputation import Road
 from qsgt_plugin.common.modes import eval_mode
 from qsgt_plugin.sgt.masking import reduce_saliency, tie_fraction
 from qsgt_plugin.sgt.saliency import attribute
 
-__all__ = ["explanation_suite"]
+__all__ = ["SuiteResult", "explanation_suite"]
 
 
 def explanation_suite(
@@ -46,7 +52,7 @@ def explanation_suite(
     sensitivity_samples: int = 4,
     seed: int = 0,
     **attribution_kwargs,
-) -> dict:
+) -> SuiteResult:
     """All the metrics of the module docstring for ``model`` on ``batches``.
 
     Args:
@@ -62,7 +68,7 @@ def explanation_suite(
         seed: seeds every ranking's tie-breaking, the random rankings and the noise.
 
     Returns:
-        The numbers by metric, and ``"seconds"``: the time each metric took.
+        The numbers by metric, and ``seconds``: the time each metric took.
     """
     seconds: dict[str, float] = defaultdict(float)
     curves = DeletionInsertion(steps, seed=seed)
@@ -101,20 +107,21 @@ def explanation_suite(
         randomisation = mprt(model, x_m, y_m, seed=seed + 42, **kwargs)
     means = {k: torch.cat(v).mean().item() for k, v in per_image.items()}
     di, road_result = curves.result(), road.result()
-    return {
-        "method": method,
-        "images": curves.images,
-        "deletion_insertion": di,
-        "road": road_result,
-        "mprt": randomisation,
-        "per_image": _per_image(di, road_result, randomisation, per_image),
-        "random_logit": means["random_logit"],
-        "gini": means["gini"],
-        "entropy": means["entropy"],
-        "tied_fraction": means["tied"],
-        "sensitivity_max": means["sensitivity_max"],
-        "seconds": dict(seconds),
-    }
+    per_image_values = _per_image(di, road_result, randomisation, per_image)  # pops them
+    return SuiteResult(
+        method=method,
+        images=curves.images,
+        deletion_insertion=DeletionInsertionResult.from_json(di, "deletion_insertion"),
+        road=RoadResult.from_json(road_result, "road"),
+        mprt=MprtResult.from_json(randomisation, "mprt"),
+        per_image=per_image_values,
+        random_logit=means["random_logit"],
+        gini=means["gini"],
+        entropy=means["entropy"],
+        tied_fraction=means["tied"],
+        sensitivity_max=means["sensitivity_max"],
+        seconds=dict(seconds),
+    )
 
 
 PER_IMAGE_DIGITS = 5

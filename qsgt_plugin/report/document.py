@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from qsgt_plugin.attribution import band_figure, explanation_suite, mprt_figure
+from qsgt_plugin.attribution import SuiteResult, band_figure, explanation_suite, mprt_figure
 from qsgt_plugin.attribution.stats import TEST
 from qsgt_plugin.report.analyses import (
     accuracy_table,
@@ -74,7 +74,7 @@ def build_report(
     with tempfile.TemporaryDirectory(prefix=f".{final.name}-", dir=final.parent) as tmp:
         subset = (offset, curve_images)
         numbers = _write(runs, Path(tmp), images, subset, method, mprt_images)
-        numbers = _relocate(numbers, tmp, final)
+        numbers = json.loads(json.dumps(numbers, default=_to_json))  # what metrics.json holds
         numbers["files"] = sorted([p.name for p in Path(tmp).iterdir()] + ["metrics.json"])
         write_json(numbers, Path(tmp) / "metrics.json")
         final.mkdir(exist_ok=True)
@@ -104,13 +104,19 @@ def owned_files(folder: Path) -> set[str]:
     return {n for n in names if _plain(n)}
 
 
+def _to_json(value: Any) -> Any:
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _plain(name: str) -> bool:
     return isinstance(name, str) and name == Path(name).name and not name.startswith(".")
 
 
 def run_suite(
     run: Run, images: int | None, method: str, mprt_images: int | None, offset: int = 0
-) -> dict:
+) -> SuiteResult:
     """The explanation suite of one run on ``images`` test images from index ``offset``."""
     info = get_dataset(run.recipe.data.dataset)
     return explanation_suite(
@@ -120,12 +126,6 @@ def run_suite(
         method=method,
         mprt_images=mprt_images,
     )
-
-
-def _relocate(numbers: Any, old: str | Path, new: Path) -> Any:
-    """The report's numbers, as plain JSON, with the file paths under ``old`` moved to ``new``."""
-    text = json.dumps(numbers).replace(json.dumps(str(old))[1:-1], json.dumps(str(new))[1:-1])
-    return json.loads(text)
 
 
 def _write(
@@ -173,10 +173,10 @@ def _write(
                 # one file per dataset and group: the same variant on two datasets is two plots
                 label = re.sub(r"[^A-Za-z0-9._-]+", "-", group.label)
                 figure = out / f"alpha-{dataset}-{label}.png"
-                numbers["alpha_figures"][f"{dataset}, {group.label} ({first.name})"] = str(
+                numbers["alpha_figures"][f"{dataset}, {group.label} ({first.name})"] = _name(
                     alpha_plot(first, figure)
                 )
-    (out / "report.md").write_text(markdown(numbers, out))
+    (out / "report.md").write_text(markdown(numbers))
     return numbers
 
 
@@ -188,6 +188,7 @@ def _dataset(
     comparison = compare_runs(
         representatives, out / f"attributions-{dataset}.png", images=images, method=method
     )
+    comparison["figure"] = _name(comparison["figure"])
     figures = _figures(dataset, groups, per_run, out)
     return {
         "comparison": comparison,
@@ -201,13 +202,13 @@ def _figures(dataset: str, groups: list, per_run: dict, out: Path) -> dict[str, 
     def seeds(group, pick):
         return [pick(per_run[run.name]["suite"]) for run in group.runs]
 
-    di = next(iter(per_run.values()))["suite"]["deletion_insertion"]
-    road = next(iter(per_run.values()))["suite"]["road"]
+    first: SuiteResult = next(iter(per_run.values()))["suite"]
+    di, road = first.deletion_insertion, first.road
     styles = {"salient first": "-", "random": "--", "MoRF": "-", "LeRF": ":"}
     masking = {
         g.label: {
-            "salient first": seeds(g, lambda s: s["deletion_insertion"]["accuracy"]["saliency"]),
-            "random": seeds(g, lambda s: s["deletion_insertion"]["accuracy"]["random"]),
+            "salient first": seeds(g, lambda s: s.deletion_insertion.accuracy.saliency),
+            "random": seeds(g, lambda s: s.deletion_insertion.accuracy.random),
         }
         for g in groups
     }
@@ -215,9 +216,9 @@ def _figures(dataset: str, groups: list, per_run: dict, out: Path) -> dict[str, 
         curve: {
             g.label: {
                 "salient first": seeds(
-                    g, lambda s, c=curve: s["deletion_insertion"][c]["saliency"]
+                    g, lambda s, c=curve: getattr(s.deletion_insertion, c).saliency
                 ),
-                "random": seeds(g, lambda s, c=curve: s["deletion_insertion"][c]["random"]),
+                "random": seeds(g, lambda s, c=curve: getattr(s.deletion_insertion, c).random),
             }
             for g in groups
         }
@@ -226,34 +227,39 @@ def _figures(dataset: str, groups: list, per_run: dict, out: Path) -> dict[str, 
     road_panels = {
         order: {
             g.label: {
-                name: seeds(g, lambda s, k=key: s["road"][k])
+                name: seeds(g, lambda s, k=key: getattr(s.road, k))
                 for name, key in ((order, order.lower()), ("random", "random"))
             }
             for g in groups
         }
         for order in ("MoRF", "LeRF")
     }
-    mprt = {g.label: seeds(g, lambda s: s["mprt"]["similarity"]) for g in groups}
-    layers = next(iter(per_run.values()))["suite"]["mprt"]["layers"]
+    mprt = {g.label: seeds(g, lambda s: s.mprt.similarity) for g in groups}
+    layers = first.mprt.layers
     return {
-        "masking": str(band_figure(
-            {"accuracy as pixels are replaced by the mean": masking}, di["fractions"],
+        "masking": _name(band_figure(
+            {"accuracy as pixels are replaced by the mean": masking}, di.fractions,
             out / f"masking-curve-{dataset}.png", ylabel="test accuracy (%)", styles=styles,
             title=f"{dataset}: masking curve (SGT's Figure 3), mean +- std over seeds",
         )),
-        "deletion_insertion": str(band_figure(
-            curves, di["fractions"], out / f"deletion-insertion-{dataset}.png",
+        "deletion_insertion": _name(band_figure(
+            curves, di.fractions, out / f"deletion-insertion-{dataset}.png",
             ylabel="probability of the predicted class (%)", styles=styles,
             title=f"{dataset}: deletion and insertion (RISE), mean substrate",
             xlabels={"insertion": "pixels restored onto the substrate (%)"},
         )),
-        "road": str(band_figure(
-            road_panels, road["fractions"], out / f"road-{dataset}.png",
+        "road": _name(band_figure(
+            road_panels, road.fractions, out / f"road-{dataset}.png",
             ylabel="test accuracy (%)", styles=styles,
             title=f"{dataset}: ROAD, noisy linear imputation",
         )),
-        "mprt": str(mprt_figure(
+        "mprt": _name(mprt_figure(
             mprt, layers, out / f"mprt-{dataset}.png",
             title=f"{dataset}: cascading randomisation of conv / linear weights (alphas, BN kept)",
         )),
     }  # fmt: skip
+
+
+def _name(path: str | Path) -> str:
+    """A figure's path as the report files hold it: relative to the report's folder."""
+    return Path(path).name

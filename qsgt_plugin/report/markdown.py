@@ -56,9 +56,11 @@ def _table(groups: dict, columns: list[tuple[str, str, float]]) -> list[str]:
     return lines
 
 
-def markdown(numbers: dict[str, Any], out: Path) -> str:
+def markdown(numbers: dict[str, Any]) -> str:
+    """``report.md`` from the report's numbers (figures named relative to the report)."""
+
     def rel(path: str) -> str:
-        return Path(path).relative_to(out).as_posix()
+        return Path(path).as_posix()
 
     lines = ["# qsgt report", "", "## Accuracy", ""]
     lines += _accuracy(numbers["accuracy"])
@@ -96,7 +98,7 @@ def _accuracy(rows: list[dict]) -> list[str]:
 
 def _dataset(dataset: str, parts: dict, numbers: dict, rel) -> list[str]:
     comp, groups, figures = parts["comparison"], parts["groups"], parts["figures"]
-    images = next(iter(numbers["runs"].values()))["suite"]["images"]
+    images = next(iter(numbers["runs"].values()))["suite"].images
     offset = numbers.get("test_images", {}).get("offset", 0)
     start = f", indices {offset}..{offset + images - 1}"
     lines = [
@@ -232,7 +234,7 @@ def _kept(rows: list[dict]) -> list[str]:
 
 
 def _timings(runs: dict[str, dict]) -> list[str]:
-    names = list(next(iter(runs.values()))["suite"]["seconds"])
+    names = list(next(iter(runs.values()))["suite"].seconds)
     lines = [
         "",
         "## Cost",
@@ -243,7 +245,7 @@ def _timings(runs: dict[str, dict]) -> list[str]:
         "|---|" + "---|" * (len(names) + 1),
     ]
     for name, run in runs.items():
-        seconds = run["suite"]["seconds"]
+        seconds = run["suite"].seconds
         cells = " | ".join(f"{seconds[n]:.1f}" for n in names)
         lines.append(f"| {name} | {cells} | {sum(seconds.values()):.1f} |")
     return lines

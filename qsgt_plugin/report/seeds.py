@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 from qsgt_plugin.attribution.faithfulness import auc
+from qsgt_plugin.attribution.results import SuiteResult
 from qsgt_plugin.attribution.stats import summarise
 from qsgt_plugin.errors import UsageError
 from qsgt_plugin.report.statistics import ALPHA, hedges_g, hierarchical_bootstrap, holm, welch
@@ -109,25 +110,24 @@ def pair_groups(groups: list[Group]) -> list[tuple[Group, Group]]:
     return pairs
 
 
-def scalars(suite: dict) -> dict[str, float]:
+def scalars(suite: SuiteResult) -> dict[str, float]:
     """The suite's numbers that are aggregated over seeds, by name."""
-    di, road, mprt = suite["deletion_insertion"], suite["road"], suite["mprt"]
-    masking = di["accuracy"]
+    di, road, mprt = suite.deletion_insertion, suite.road, suite.mprt
     out = {
-        "masking_auc": auc(masking["saliency"], di["fractions"]),
-        "masking_auc_random": auc(masking["random"], di["fractions"]),
+        "masking_auc": auc(di.accuracy.saliency, di.fractions),
+        "masking_auc_random": auc(di.accuracy.random, di.fractions),
     }
     for curve in ("deletion", "insertion"):
-        out[f"{curve}_auc"] = di["auc"][curve]["saliency"]
-        out[f"{curve}_auc_random"] = di["auc"][curve]["random"]
-        out[f"{curve}_auc_normalised"] = di["auc_normalised"][curve]["saliency"]
+        out[f"{curve}_auc"] = getattr(di.auc, curve).saliency
+        out[f"{curve}_auc_random"] = getattr(di.auc, curve).random
+        out[f"{curve}_auc_normalised"] = getattr(di.auc_normalised, curve).saliency
     for curve in ("morf", "lerf", "random"):
-        out[f"road_{curve}_auc"] = road["auc"][curve]
-        out[f"road_{curve}_auc_normalised"] = road["auc_normalised"][curve]
-    out["mprt_last"] = mprt["similarity"][-1]
-    out["mprt_mean"] = sum(mprt["similarity"]) / len(mprt["similarity"])
+        out[f"road_{curve}_auc"] = getattr(road.auc, curve)
+        out[f"road_{curve}_auc_normalised"] = getattr(road.auc_normalised, curve)
+    out["mprt_last"] = mprt.similarity[-1]
+    out["mprt_mean"] = sum(mprt.similarity) / len(mprt.similarity)
     for name in ("random_logit", "gini", "entropy", "tied_fraction", "sensitivity_max"):
-        out[name] = suite[name]
+        out[name] = getattr(suite, name)
     return out
 
 
@@ -167,7 +167,7 @@ def pair_tests(pairs: list[tuple[Group, Group]], per_run: dict[str, dict]) -> li
         for name, better in PAIRED.items():
             a = [per_run[r.name]["scalars"][name] for r in plain.runs]
             b = [per_run[r.name]["scalars"][name] for r in sgt.runs]
-            images = [[per_run[r.name]["suite"]["per_image"][name] for r in g.runs]
+            images = [[per_run[r.name]["suite"].per_image[name] for r in g.runs]
                       for g in (plain, sgt)]  # fmt: skip
             welch_result = welch(a, b)
             effect = hedges_g(a, b)
