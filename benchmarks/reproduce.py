@@ -29,7 +29,14 @@ import torch
 
 from qsgt_plugin.recipe import load_recipe
 from qsgt_plugin.run_dir import read_metrics
-from qsgt_plugin.run_dir.results import ANCHORS, QUICK_SUFFIX, ResultsTable, Row, ship, shipped_dir
+from qsgt_plugin.run_dir.results_table import (
+    ANCHORS,
+    QUICK_SUFFIX,
+    ResultsTable,
+    Row,
+    ship,
+    shipped_dir,
+)
 from qsgt_plugin.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]

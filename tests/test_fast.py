@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.run_dir.results import ResultsTable
+from qsgt_plugin.run_dir.results_table import ResultsTable
 from qsgt_plugin.training.data import Loader
 from qsgt_plugin.training.loop import train
 from qsgt_plugin.training.step import resolve_auto

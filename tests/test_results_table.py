@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
-from qsgt_plugin.run_dir.results import (
+from qsgt_plugin.run_dir.results_table import (
     QUICK_SUFFIX,
     ResultsTable,
     Row,
