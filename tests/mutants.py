@@ -111,6 +111,8 @@ MUTANTS = [
 ]
 JSON_UNSAFE = """
 
+import torch  # noqa: E402
+
 _numbers = Comparison.numbers
 Comparison.numbers = lambda self: {
     **_numbers(self),
