@@ -18,10 +18,8 @@ from pathlib import Path
 from qsgt_plugin.run_dir.results_table import append_to_table
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = (
-    "\n## GPU stages\n\n"
-    "| experiment | measurement | device | date | command |\n|---|---|---|---|---|\n"
-)
+TABLE_HEADER = "| experiment | measurement | device | date | command |"
+HEADER = f"\n## GPU stages\n\n{TABLE_HEADER}\n|---|---|---|---|---|\n"
 COMMANDS = {
     1: "python benchmarks/gpu_stage1.py --out $OUT",
     2: "python benchmarks/gpu_stage2.py --out $OUT",
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {name} | {value} | {stage['device']} | {stage['date']} | `{command}` |"
         for name, value in rows
     ]
-    text = append_to_table(text, HEADER.strip().splitlines()[2], new)
+    text = append_to_table(text, TABLE_HEADER, new)
     args.results.write_text(text)
     print(f"{len(rows)} rows added to {args.results}")
     return 0

@@ -96,17 +96,27 @@ def _seed():
 
 
 @pytest.fixture
-def synthetic_dataset(monkeypatch):
-    """The process's plugin registry with the tests' dataset plugin added (``synthetic``).
-
-    It goes through the plugin manager and the ``register_datasets`` hook as an installed
-    third-party plugin would; the registry before the test is back when it ends.
-    """
-    import synthetic_data
-
+def install_plugins(monkeypatch):
+    """``install(*plugins)``: the installed plugins plus these become the process's registry for
+    one test (through a PluginManager and the hooks, as installed plugins would); the registry
+    before the test is back when it ends."""
     from qsgt_plugin import plugins
 
-    pm = plugins.make_plugin_manager()
-    pm.register(synthetic_data, name="synthetic_data")
-    monkeypatch.setattr(plugins, "_registry", plugins.Registry(pm))
+    def install(*extra: object):
+        pm = plugins.make_plugin_manager()
+        for plugin in extra:
+            pm.register(plugin)
+        registry = plugins.Registry(pm)
+        monkeypatch.setattr(plugins, "_registry", registry)
+        return registry
+
+    return install
+
+
+@pytest.fixture
+def synthetic_dataset(install_plugins):
+    """The registry with the tests' dataset plugin (``synthetic``) added."""
+    import synthetic_data
+
+    install_plugins(synthetic_data)
     return synthetic_data.GRATINGS

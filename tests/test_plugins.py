@@ -324,28 +324,15 @@ class SquaresPlugin:
         register(self.dataset)
 
 
-@pytest.fixture
-def registry_with(monkeypatch):
-    """Install a registry with extra plugins as the process-wide one for one test."""
-    from qsgt_plugin import plugins
-
-    def install(*extra):
-        registry = fresh_registry(*extra)
-        monkeypatch.setattr(plugins, "_registry", registry)
-        return registry
-
-    return install
-
-
-def test_a_dataset_plugin_feeds_the_loader_and_its_declaration_is_checked(registry_with):
+def test_a_dataset_plugin_feeds_the_loader_and_its_declaration_is_checked(install_plugins):
     from qsgt_plugin.errors import DatasetNotFoundError
     from qsgt_plugin.training.data import load_split
 
-    registry = registry_with(SquaresPlugin(squares()))
+    registry = install_plugins(SquaresPlugin(squares()))
     assert set(registry.datasets) == {"mnist", "cifar10", "squares"}
     images, labels = load_split("squares", train=False)
     assert images.shape == (30, 1, 8, 8) and labels.tolist()[:4] == [0, 1, 2, 0]
-    registry_with(SquaresPlugin(squares(broken=True)))
+    install_plugins(SquaresPlugin(squares(broken=True)))
     with pytest.raises(
         DatasetNotFoundError,
         match=r"squares's training split does not match its declaration: images are "
@@ -354,12 +341,12 @@ def test_a_dataset_plugin_feeds_the_loader_and_its_declaration_is_checked(regist
         load_split("squares", train=True)
 
 
-def test_an_unknown_dataset_names_the_registered_ones(registry_with):
+def test_an_unknown_dataset_names_the_registered_ones(install_plugins):
     from qsgt_plugin.errors import RecipeError
     from qsgt_plugin.recipe import Recipe
     from qsgt_plugin.training.build import check_recipe
 
-    registry_with(SquaresPlugin(squares()))
+    install_plugins(SquaresPlugin(squares()))
     recipe = Recipe.model_validate({"data": {"dataset": "squaress"}})
     with pytest.raises(
         RecipeError, match=r"unknown dataset 'squaress'; registered: cifar10, mnist, squares"

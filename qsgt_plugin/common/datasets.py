@@ -98,7 +98,7 @@ class Dataset:
         raise NotImplementedError(f"dataset {self.name!r} does not implement load()")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TorchvisionDataset(Dataset):
     """A dataset torchvision reads from its own folder layout, checked against published md5s.
 
@@ -108,9 +108,9 @@ class TorchvisionDataset(Dataset):
         files: file name -> md5 of the official release.
     """
 
-    cls: type | None = None
-    folder: str = ""
-    files: dict[str, str] | None = None
+    cls: type
+    folder: str
+    files: dict[str, str]
 
     def load(
         self, train: bool, root: str | os.PathLike | None = None, verify: bool = True

@@ -81,13 +81,11 @@ def check_recipe(recipe: Recipe) -> Recipe:
                 known = ", ".join(sorted(registry.weight_quantizers))
                 problems.append(f"quant.{key}: unknown weight quantizer {wq!r}; known: {known}")
     data = recipe.data
-    info = registry.datasets.get(data.dataset)
-    if info is None:
-        known = ", ".join(sorted(registry.datasets))
-        problems.append(
-            f"data.dataset: unknown dataset {data.dataset!r}; registered: {known} (a plugin adds "
-            "one with the register_datasets hook)"
-        )
+    try:
+        info = get_dataset(data.dataset)
+    except RecipeError as exc:
+        info = None
+        problems.append(str(exc))
     if data.train_subset is not None and data.train_subset < data.batch_size:
         problems.append(
             f"data.train_subset: {data.train_subset} images make less than one batch of "
