@@ -1,7 +1,9 @@
 """Every export format of a shipped run in onnxruntime, beside the float graph and onnxruntime's
-own int8 quantization of it: file size, latency, agreement with PyTorch on the test set.
+own int8 quantization of it: file size, the integer convolutions and layout changes (transposes)
+in the graph onnxruntime runs, latency, agreement with PyTorch on the test set.
 
-The float baseline is the dataset's shipped fp32 run (``results/DATASET/DATASET-fp32-s0``)
+The float baseline is the dataset's shipped fp32 run, seed 0 (``results/DATASET/DATASET-fp32-s0``,
+for CIFAR-10 the CPU parent ``cifar10-fp32-cpu-s0``)
 exported with ``torch.onnx.export``; onnxruntime's int8 is ``quantize_static`` of that graph
 (QDQ, int8 per-channel weights, uint8 activations, calibrated on the same training images as
 the ``qdq`` format). Latency: median wall time of ``session.run`` after warm-up, at batch 1 and
@@ -11,6 +13,7 @@ model on the whole test split.
 
     python benchmarks/deploy.py                                     # the shipped MNIST W4A4 + SGT
     python benchmarks/deploy.py results/mnist/mnist-w2a2-sgt-s0
+    python benchmarks/deploy.py results/cifar10/cifar10-w4a4-sgt-ft-s0
     python benchmarks/deploy.py --agreement mnist      # every shipped run: qdq, packed vs PyTorch
     python benchmarks/deploy.py --quick                             # a smoke run (CI)
 
@@ -52,6 +55,15 @@ def float_graph(run, path: Path, example: torch.Tensor) -> Path:
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     return path
+
+
+def float_baseline(dataset: str) -> Path:
+    """The dataset's shipped float run, seed 0 (CIFAR-10's is the CPU parent of the
+    fine-tunings)."""
+    for name in (f"{dataset}-fp32-s0", f"{dataset}-fp32-cpu-s0"):
+        if (ROOT / "results" / dataset / name).is_dir():
+            return ROOT / "results" / dataset / name
+    raise SystemExit(f"no shipped fp32 run of {dataset} under results/{dataset}; pass --fp32 RUN")
 
 
 def ort_int8(fp32: Path, path: Path, calibration: torch.Tensor) -> Path:
@@ -144,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run = load_run(args.run)
     dataset = run.recipe.data.dataset
-    fp32_run = load_run(args.fp32 or ROOT / f"results/{dataset}/{dataset}-fp32-s0")
+    fp32_run = load_run(args.fp32 or float_baseline(dataset))
     images = 64 if args.quick else None
     rounds = 2 if args.quick else args.rounds
     cpu = torch.device("cpu")
@@ -169,10 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         ms = latencies(paths, tuple(example.shape[1:]), (1, 2), (1, 128), rounds)
         sizes = {n: p.stat().st_size for n, p in paths.items()}
         fused = {n: integer_kernel_report(p).get("QLinearConv", 0) for n, p in paths.items()}
+        layout = {
+            n: integer_kernel_report(p, level="all").get("Transpose", 0) for n, p in paths.items()
+        }
     base = "fp32 (torch.onnx)"
     print(f"run: {args.run} ({model_size_bytes(run.model):,} bytes at its bit widths)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads available")
-    columns = ["graph", "file kB", "QLinearConv"]
+    columns = ["graph", "file kB", "QLinearConv", "Transpose"]
     columns += [
         f"batch {b}, {t} thread{'s' * (t > 1)}: ms (x fp32)" for b in (1, 128) for t in (1, 2)
     ]
@@ -180,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(columns) + " |")
     print("|---" * len(columns) + "|")
     for n in paths:
-        cells = [f"{sizes[n] / 1000:.1f}", str(fused[n])]
+        cells = [f"{sizes[n] / 1000:.1f}", str(fused[n]), str(layout[n])]
         for b in (1, 128):
             for t in (1, 2):
                 value = ms[(n, t, b)]

@@ -32,6 +32,14 @@ class Graph:
             if node.op_type == "Constant" and node.attribute[0].name == "value":
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
                 self.graph.node.remove(node)
+        # torch's exporter writes equal constants once and hands out copies through Identity
+        # nodes (two layers whose folded weights are all zero, as in a fresh timm ResNet whose
+        # last BatchNorm of each block starts at zero); each layer gets its own name here, so
+        # that rewriting one layer's weights leaves the other's alone.
+        for node in list(self.graph.node):
+            if node.op_type == "Identity" and node.input[0] in self.consts:
+                self.consts[node.output[0]] = self.consts[node.input[0]].copy()
+                self.graph.node.remove(node)
 
     # -- reading -------------------------------------------------------------------------------
     @property

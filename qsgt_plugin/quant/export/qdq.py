@@ -6,8 +6,13 @@ PyTorch model's numbers wherever the runtime allows:
 
 * activations: PACT's ``clip(round(x / s), 0, 2^k - 1) * s`` is ``QuantizeLinear`` to uint8
   (zero point 0: negative inputs saturate at 0, which is the ReLU) -> ``Clip(0, 2^k - 1)`` on
-  the uint8 tensor -> ``DequantizeLinear``. The clip acts on integers between two integer
-  kernels, so it stops no fusion; for 8 bits the saturation itself is the clip;
+  the uint8 tensor -> ``BitShift`` left by ``headroom(2^k - 1)`` -> ``DequantizeLinear`` with
+  the scale divided to match. The clip and the shift act on integers between two integer
+  kernels, so they stop no fusion; for 8 bits the saturation itself is the clip. The shift
+  keeps the values and refines the grid the next convolution reads (the largest inputs stay
+  at most 128, see :func:`~qsgt_plugin.quant.export.prepare.headroom`): onnxruntime rounds a
+  convolution's bias to int32 in steps of its input scale times its weight scale, and at
+  PACT's own 4-bit grid that rounding moved about one activation in 1,500 by a level;
 * weights: int8 with a scale per output channel. DoReFa's ``(2i - n) / n`` levels are the odd
   integers of ``-n .. n`` times ``1 / n``, exact up to 7 bits, and spread over the int8 range
   (times ``127 // n``) so that the runtime's int32 bias is finer. BatchNorm, which torch's
@@ -16,13 +21,20 @@ PyTorch model's numbers wherever the runtime allows:
 * where the PyTorch model has no quantizer but the runtime needs one - a convolution's output
   that goes on in float into a residual sum, a convolution's input that is not quantized - a
   uint8 quantize / dequantize pair is inserted, its range the minimum and maximum measured on
-  calibration inputs. This is the one approximation: at 4 bits about one activation in a
-  hundred after a residual sum lands on the neighbouring level. Value-moving paths (a strided
-  slice and zero padding, the option-A shortcut) reuse the grid they come from, exactly.
+  calibration inputs. This is the one approximation, and it cannot be removed within
+  onnxruntime's integer operators: ``QLinearConv`` writes 8-bit outputs and ``QLinearAdd``
+  reads 8-bit inputs, while the PyTorch model adds the convolution's float output to the
+  shortcut before its 4-bit quantizer; at 4 bits a few activations in a hundred after a
+  residual sum land on the neighbouring level (RESULTS.md "Deployment" measures how many
+  images change class). Value-selecting paths (a strided slice and zero padding, the option-A
+  shortcut, max pooling) reuse the grid they come from, exactly.
 
 Convolutions fed by the graph's input (the first layer) and the classifier after global
 pooling stay float: their inputs are on no quantization grid, and they are a small share of
-the work. :func:`check_integer_kernels` reads back what the runtime fused.
+the work. After a float convolution the quantized integers go to channels-last and back
+(:func:`_enter_channels_last`), so that onnxruntime runs the integer kernels after it
+channels-last without a transpose between them. :func:`check_integer_kernels` reads back what
+the runtime fused.
 """
 
 from __future__ import annotations
@@ -38,8 +50,12 @@ from qsgt_plugin.quant.export.prepare import IntegerWeight
 __all__ = ["QDQStats", "check_integer_kernels", "integer_kernel_report", "rewrite"]
 
 _COMPUTE = {"Conv"}
-_MOVES = {"Slice", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
-"""Ops that move values without changing them (Pad only with its default constant zero)."""
+_MOVES = {
+    "Slice", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity",
+    "MaxPool", "GlobalMaxPool",
+}  # fmt: skip
+"""Ops whose outputs are values of their input (Pad only with its default constant zero; a
+max pool picks one of its inputs, its padding never wins), so they stay on its grid."""
 
 
 @dataclass
@@ -86,10 +102,12 @@ def rewrite(
         _int8_storage(g, node, weight, m)
     convs = [n for n in g.nodes if n.op_type in _COMPUTE]
     plan: list[tuple[str, object]] = []  # (tensor, consumer) pairs that need a calibrated Q
+    floats = []
     for conv in convs:
         source = conv.input[0]
         if g.is_input(source) or _from_float_pool(g, source):
             _float_weights(g, conv)
+            floats.append(conv)
             stats.float_convs.append(conv.name or conv.output[0])
             continue
         stats.integer_convs.append(conv.name or conv.output[0])
@@ -109,6 +127,8 @@ def rewrite(
                     continue
                 if not _is_dequantized(g, value) and not _copy_grid(g, add, value):
                     plan.append((value, add))
+    for conv in floats:
+        _enter_channels_last(g, conv)
     ranges = calibrate(g.snapshot(), sorted({value for value, _ in plan})) if plan else {}
     for value, consumer in plan:
         low, high = ranges[value]
@@ -124,6 +144,43 @@ def rewrite(
             new = _calibrated_qdq(g, value, low, high)
             g.rename_input(consumer, value, new)
     return g.finish(), stats
+
+
+_INTEGER_CHAIN = ("QuantizeLinear", "Clip", "BitShift")
+
+
+def _enter_channels_last(g: Graph, conv) -> None:
+    """Let the integer kernels after a float convolution run channels-last without layout
+    changes between them.
+
+    onnxruntime runs ``QLinearConv`` channels-last and wraps each in transposes that its layout
+    optimiser then cancels along the graph; it cancels none that meet a float convolution's
+    output (measured: 18 transposes in a ResNet-20, one pair around every residual sum, 10 to
+    25% of the run time). A transpose to channels-last and back on the quantized integers, kept
+    apart by a ``Reshape`` that changes nothing, gives the optimiser one it cannot cancel
+    there: it pushes the way back through every integer kernel after it (2 transposes left).
+    """
+    weight = g.const(conv.input[1])
+    if weight is None or weight.ndim != 4:
+        return
+    node, last = conv, None
+    while True:
+        users = g.consumers(node.output[0])
+        if len(users) != 1 or users[0] is None or users[0].op_type not in _INTEGER_CHAIN:
+            break
+        node = last = users[0]
+    if last is None:
+        return
+    value = last.output[0]
+    users = [u for u in g.consumers(value) if u is not None]
+    if not users or any(u.op_type != "DequantizeLinear" for u in users):
+        return
+    nhwc = g.add_node("Transpose", [value], perm=[0, 2, 3, 1])
+    same = g.add_const("shape", np.array([0, 0, 0, -1], dtype=np.int64))
+    kept = g.add_node("Reshape", [nhwc.output[0], same])
+    back = g.add_node("Transpose", [kept.output[0]], perm=[0, 3, 1, 2])
+    for user in users:
+        g.rename_input(user, value, back.output[0])
 
 
 def _calibrated_qdq(g: Graph, value: str, low: float, high: float) -> str:
@@ -205,16 +262,24 @@ def _int8_weights(g: Graph, conv) -> bool:
     return True
 
 
-def integer_kernel_report(path: str, threads: int = 1) -> dict[str, int]:
-    """The op types of the graph onnxruntime runs after its optimisations, with their counts."""
+def integer_kernel_report(path: str, threads: int = 1, level: str = "extended") -> dict[str, int]:
+    """The op types of the graph onnxruntime runs after its optimisations, with their counts.
+
+    ``level="extended"``: the QDQ fusions (``QLinearConv``, ``QLinearAdd``), the same on every
+    CPU; ``"all"`` adds the layout changes for this CPU (channels-last integer kernels, the
+    transposes between them).
+    """
     import tempfile
 
     import onnxruntime as ort
 
+    levels = {
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
-        # Extended: the QDQ fusions, without the layout changes specific to this CPU.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.graph_optimization_level = levels[level]
         options.log_severity_level = 3
         options.intra_op_num_threads = threads
         options.optimized_model_filepath = f"{tmp}/optimized.onnx"
