@@ -16,7 +16,6 @@ from qsgt_plugin import convert
 from qsgt_plugin.quant import model_size_bytes
 from qsgt_plugin.quant.export import ExportError, export_onnx
 from qsgt_plugin.quant.export.packed import pack_bits
-from qsgt_plugin.quant.export.prepare import headroom
 from qsgt_plugin.quant.export.qdq import QDQStats, check_integer_kernels, integer_kernel_report
 
 
@@ -143,28 +142,10 @@ def test_qdq_without_residual_sums_is_exact(tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     got = run_onnx(path, x)
-    # nothing re-quantized: the runtime's int32 bias, whose step is the input scale times the
-    # weight scale, is 8 times finer than at PACT's own 4-bit input grid (the integers are
-    # shifted left by 3), and most logits come out exactly as PyTorch's
+    # nothing re-quantized: only the runtime's int32 bias and its float rounding differ from
+    # PyTorch, which moves an activation next to a level boundary now and then
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.98
-    assert np.median(np.abs(got - expected)) < 1e-5 * expected.std()
-    # every integer a convolution reads is at most 128: no int16 pair sum saturates on CPUs
-    # without VNNI (2 * 128 * 127 < 32768)
-    graph = onnx.load(str(path))
-    consts = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
-    producer = {o: n for n in graph.graph.node for o in n.output}
-    shifts = [n for n in graph.graph.node if n.op_type == "BitShift"]
-    assert len(shifts) == 3
-    for shift in shifts:
-        clip = producer[shift.input[0]]
-        assert int(consts[clip.input[2]]) << int(consts[shift.input[1]]) <= 128
-
-
-@pytest.mark.parametrize("top", [1, 3, 7, 15, 31, 63, 127, 128, 255])
-def test_headroom_is_the_largest_shift_that_stays_within_128(top):
-    shift = headroom(top)
-    assert top << shift <= 128 or shift == 0
-    assert top << (shift + 1) > 128
+    assert np.median(np.abs(got - expected)) < 0.01 * expected.std()
 
 
 @pytest.mark.parametrize(

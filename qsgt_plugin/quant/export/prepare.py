@@ -11,8 +11,7 @@
   ReLU6 site also at most ``round(6 / s)``), which is the quantizer's forward exactly.
 
 The copy computes the converted model's values. Traced to ONNX, the activations are
-``QuantizeLinear`` (uint8) -> integer ``Clip`` -> ``BitShift`` (the integers times 2^k, within
-uint8) -> ``DequantizeLinear`` (the scale over 2^k); the weights are float
+``QuantizeLinear`` (uint8) -> integer ``Clip`` -> ``DequantizeLinear``; the weights are float
 initializers that each format's rewrite replaces by its integer storage (torch's exporter would
 fold any decoder written at trace time back into a float constant).
 """
@@ -30,7 +29,7 @@ from qsgt_plugin.errors import ExportError
 from qsgt_plugin.quant.pact import ALPHA_MIN, PACTReLU6
 from qsgt_plugin.quant.state import clip_level
 
-__all__ = ["IntegerActivation", "IntegerWeight", "export_copy", "headroom", "integer_weight"]
+__all__ = ["IntegerActivation", "IntegerWeight", "export_copy", "integer_weight"]
 
 
 @dataclass
@@ -111,29 +110,7 @@ class _ActivationQuant(torch.autograd.Function):
         if top < 255:  # uint8 saturation clips at 255 by itself
             high = g.op("Constant", value_t=torch.tensor(top, dtype=torch.uint8))
             q = g.op("Clip", q, zp, high)
-        shift = headroom(top)
-        if shift:
-            # The same values on a 2^shift times finer grid (the integers times 2^shift). The
-            # runtime rounds a convolution's bias to an int32 whose step is its input scale
-            # times its weight scale; a finer input scale makes that rounding 2^shift times
-            # smaller (unshifted, at 4 bits, it moved about 1 activation in 1,500 by a level).
-            amount = g.op("Constant", value_t=torch.tensor(shift, dtype=torch.uint8))
-            q = g.op("BitShift", q, amount, direction_s="LEFT")
-            s = g.op("Constant", value_t=torch.tensor(scale / 2**shift, dtype=torch.float32))
         return g.op("DequantizeLinear", q, s, zp)
-
-
-def headroom(top: int) -> int:
-    """The largest ``k`` with ``top * 2^k <= 128``: how far integers up to ``top`` are shifted.
-
-    128, not 255: x86 CPUs without VNNI multiply uint8 by int8 in pairs summed into int16
-    (``vpmaddubsw``), which saturates above 32767; inputs up to 128 times int8 weights stay
-    below it (2 * 128 * 127 = 32512), so the file computes the same on every CPU.
-
-    >>> headroom(15), headroom(3), headroom(255)
-    (3, 5, 0)
-    """
-    return max(0, (128 // max(top, 1)).bit_length() - 1)
 
 
 class IntegerActivation(nn.Module):

@@ -6,13 +6,8 @@ PyTorch model's numbers wherever the runtime allows:
 
 * activations: PACT's ``clip(round(x / s), 0, 2^k - 1) * s`` is ``QuantizeLinear`` to uint8
   (zero point 0: negative inputs saturate at 0, which is the ReLU) -> ``Clip(0, 2^k - 1)`` on
-  the uint8 tensor -> ``BitShift`` left by ``headroom(2^k - 1)`` -> ``DequantizeLinear`` with
-  the scale divided to match. The clip and the shift act on integers between two integer
-  kernels, so they stop no fusion; for 8 bits the saturation itself is the clip. The shift
-  keeps the values and refines the grid the next convolution reads (the largest inputs stay
-  at most 128, see :func:`~qsgt_plugin.quant.export.prepare.headroom`): onnxruntime rounds a
-  convolution's bias to int32 in steps of its input scale times its weight scale, and at
-  PACT's own 4-bit grid that rounding moved about one activation in 1,500 by a level;
+  the uint8 tensor -> ``DequantizeLinear``. The clip acts on integers between two integer
+  kernels, so it stops no fusion; for 8 bits the saturation itself is the clip;
 * weights: int8 with a scale per output channel. DoReFa's ``(2i - n) / n`` levels are the odd
   integers of ``-n .. n`` times ``1 / n``, exact up to 7 bits, and spread over the int8 range
   (times ``127 // n``) so that the runtime's int32 bias is finer. BatchNorm, which torch's
@@ -21,13 +16,17 @@ PyTorch model's numbers wherever the runtime allows:
 * where the PyTorch model has no quantizer but the runtime needs one - a convolution's output
   that goes on in float into a residual sum, a convolution's input that is not quantized - a
   uint8 quantize / dequantize pair is inserted, its range the minimum and maximum measured on
-  calibration inputs. This is the one approximation, and it cannot be removed within
+  calibration inputs. This is the main approximation, and it cannot be removed within
   onnxruntime's integer operators: ``QLinearConv`` writes 8-bit outputs and ``QLinearAdd``
   reads 8-bit inputs, while the PyTorch model adds the convolution's float output to the
   shortcut before its 4-bit quantizer; at 4 bits a few activations in a hundred after a
   residual sum land on the neighbouring level (RESULTS.md "Deployment" measures how many
-  images change class). Value-selecting paths (a strided slice and zero padding, the option-A
-  shortcut, max pooling) reuse the grid they come from, exactly.
+  images change class). A smaller one: onnxruntime rounds each convolution's bias to int32
+  in steps of its input scale times its weight scale, which moves about one activation in
+  1,500 by a level at 4 bits (shifting the integers left to refine that step cost a quarter
+  of the speed, measured, and did not change how many images keep their class).
+  Value-selecting paths (a strided slice and zero padding, the option-A shortcut, max
+  pooling) reuse the grid they come from, exactly.
 
 Convolutions fed by the graph's input (the first layer) and the classifier after global
 pooling stay float: their inputs are on no quantization grid, and they are a small share of
@@ -146,7 +145,7 @@ def rewrite(
     return g.finish(), stats
 
 
-_INTEGER_CHAIN = ("QuantizeLinear", "Clip", "BitShift")
+_INTEGER_CHAIN = ("QuantizeLinear", "Clip")
 
 
 def _enter_channels_last(g: Graph, conv) -> None:
