@@ -84,6 +84,12 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
             "train.epochs=58",
         ],
     )
+    # Uniform W3A3 + SGT fine-tuned from the CIFAR-10 W4A4 + SGT seed-0 fine-tuning: the
+    # comparison for a mixed-precision recipe of the same size (as for MNIST below).
+    out["cifar10-w3a3-sgt-from-w4a4"] = (
+        "recipes/finetune/cifar10-resnet20-w3a3-sgt-from-w4a4.yaml",
+        [],
+    )
     # Fine-tunings of the MNIST W4A4 + SGT seed-0 run: the mixed-precision recipe that
     # `qsgt mixed-precision` wrote at uniform W3A3's size, and uniform W3A3 itself.
     for name, recipe in (

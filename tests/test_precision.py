@@ -334,6 +334,27 @@ def test_the_shipped_fine_tuning_recipes_fit_the_size_they_claim():
     )
 
 
+def test_the_cifar10_second_stage_recipes_start_from_the_w4a4_sgt_fine_tuning():
+    from qsgt_plugin.recipe import load_recipe
+    from qsgt_plugin.training.build import build_model, check_recipe, example_batch
+
+    root = Path(__file__).resolve().parents[1]
+    paths = sorted(FINETUNE.glob("cifar10-*-from-w4a4.yaml"))
+    assert paths
+    for path in paths:
+        recipe = check_recipe(load_recipe(path))
+        assert recipe.name == path.stem and recipe.output.dir == f"runs/{path.stem}"
+        assert recipe.model.init_from == "results/cifar10/cifar10-w4a4-sgt-ft-s0"
+        assert (root / recipe.model.init_from / "model.pt").is_file()
+        assert recipe.train.epochs == 2 and recipe.sgt.enabled and recipe.sgt.mask_fraction == 0.1
+        model = build_model(
+            recipe.model.name, recipe.model.kwargs, recipe.quant, example_batch("cifar10")
+        )
+        if path.stem == "cifar10-resnet20-w3a3-sgt-from-w4a4":
+            # uniform W3A3, first and last layers at 8 bits: the size a mixed recipe aims at
+            assert model_size_bytes(model) == 112_596
+
+
 def test_a_recipe_with_per_layer_widths_is_labelled_mixed():
     def label(overrides):
         return Recipe.model_validate({"quant": {"overrides": overrides}}).quant.label

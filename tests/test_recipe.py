@@ -241,7 +241,7 @@ def test_label_smoothing_and_nesterov_reach_the_criterion_and_optimizer():
 
 
 @pytest.mark.parametrize(
-    "path", sorted((RECIPES / "finetune").glob("cifar10-*.yaml")), ids=lambda p: p.stem
+    "path", sorted((RECIPES / "finetune").glob("cifar10-*-finetune.yaml")), ids=lambda p: p.stem
 )
 def test_cifar10_fine_tunings_start_from_the_float_parent_in_at_most_8_epochs(path):
     recipe = check_recipe(load_recipe(path))
