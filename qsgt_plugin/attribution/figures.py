@@ -6,6 +6,7 @@ needed) and writes a PNG.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,21 @@ __all__ = [
 
 def _hwc(t: Tensor) -> np.ndarray:
     return t.detach().cpu().permute(1, 2, 0).numpy()
+
+
+def _column_title(name: str, width: int = 20) -> str:
+    """A column's caption in lines of at most ``width`` characters, broken after hyphens, so
+    that long run names (``cifar10-mixed-113kb-from-w4a4-s0``) do not run into the next
+    column's; the ``(group)`` part on its own line.
+
+    >>> print(_column_title("cifar10-mixed-113kb-from-w4a4-s0 (mixed+SGT)"))
+    cifar10-mixed-113kb-
+    from-w4a4-s0
+    (mixed+SGT)
+    """
+    run, paren, rest = name.partition(" (")
+    lines = textwrap.wrap(run, width, break_on_hyphens=True, break_long_words=True) or [run]
+    return "\n".join(lines + ([paren.strip() + rest] if paren else []))
 
 
 def attribution_grid(
@@ -74,7 +90,7 @@ def attribution_grid(
                 sign="absolute_value",
                 plt_fig_axis=(fig, axes[row, col]),
                 use_pyplot=False,
-                title=name.replace(" (", "\n(") if row == 0 else None,
+                title=_column_title(name) if row == 0 else None,
             )
     axes[0, 0].set_title("image", fontsize=9)
     for ax in axes[0, 1:]:
