@@ -80,8 +80,12 @@ def test_shipped_quantized_weights_export_and_predict_the_same_on_the_test_set(r
     labels = loader.labels.numpy()
     assert len(labels) == len(x) == 10000
     # qdq on CIFAR-10: its logits are closer together (label smoothing, a harder task), so the
-    # same re-quantization moves more images across a class boundary (RESULTS.md, Deployment)
+    # same re-quantization moves more images across a class boundary, and more at 3 and 2 bits,
+    # where a level is a larger step (RESULTS.md, Deployment: 97.7-97.8% at W4A4, 95.7-96.1%
+    # for W3A3 and the mixed model with 2-bit layers)
     qdq_same, qdq_points = {"mnist": (0.995, 0.0015), "cifar10": (0.97, 0.003)}[row.dataset]
+    if row.dataset == "cifar10" and row.bits not in ("w4a4", "w8a8"):
+        qdq_same, qdq_points = 0.95, 0.006
     for format, same_top1, points in (("packed", 0.999, 0.0015), ("qdq", qdq_same, qdq_points)):
         out = tmp_path / f"{format}.onnx"
         assert main(["export", str(shipped(row)), "--out", str(out), "--format", format]) == 0
