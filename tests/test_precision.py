@@ -314,46 +314,53 @@ def test_bad_bit_lists_and_layers_are_refused(tmp_path, capsys):
 FINETUNE = Path(__file__).resolve().parents[1] / "recipes" / "finetune"
 
 
-def test_the_shipped_fine_tuning_recipes_fit_the_size_they_claim():
+@pytest.mark.parametrize(
+    ("pattern", "dataset", "source", "lr", "mask", "mixed", "uniform", "budget"),
+    [
+        (
+            "mnist-*.yaml",
+            "mnist",
+            "results/mnist/mnist-w4a4-sgt-s0",
+            0.01,
+            0.5,
+            "mnist-resnet20-mixed-112kb",
+            "mnist-resnet20-w3a3-sgt-finetune",
+            112_308,
+        ),
+        (
+            "cifar10-*-from-w4a4.yaml",
+            "cifar10",
+            "results/cifar10/cifar10-w4a4-sgt-ft-s0",
+            0.002,
+            0.1,
+            "cifar10-resnet20-mixed-113kb-from-w4a4",
+            "cifar10-resnet20-w3a3-sgt-from-w4a4",
+            112_596,
+        ),
+    ],
+    ids=["mnist", "cifar10"],
+)
+def test_the_mixed_precision_fine_tunings_start_from_w4a4_sgt_and_fit_uniform_w3a3s_size(
+    pattern, dataset, source, lr, mask, mixed, uniform, budget
+):
     from qsgt_plugin.recipe import load_recipe
     from qsgt_plugin.training.build import build_model, check_recipe, example_batch
 
     sizes = {}
-    for path in sorted(FINETUNE.glob("mnist-*.yaml")):
+    for path in sorted(FINETUNE.glob(pattern)):
         recipe = check_recipe(load_recipe(path))
         assert recipe.name == path.stem and recipe.output.dir == f"runs/{path.stem}"
-        source = Path(__file__).resolve().parents[1] / recipe.model.init_from
-        assert (source / "model.pt").is_file()
-        assert recipe.optim.lr == pytest.approx(0.01) and recipe.train.epochs == 2
+        assert recipe.model.init_from == source
+        assert (Path(__file__).resolve().parents[1] / source / "model.pt").is_file()
+        assert recipe.optim.lr == pytest.approx(lr) and recipe.train.epochs == 2
+        assert recipe.sgt.enabled and recipe.sgt.mask_fraction == mask
         model = build_model(
-            recipe.model.name, recipe.model.kwargs, recipe.quant, example_batch("mnist")
+            recipe.model.name, recipe.model.kwargs, recipe.quant, example_batch(dataset)
         )
         sizes[path.stem] = model_size_bytes(model)
-    assert (
-        sizes["mnist-resnet20-mixed-112kb"] <= sizes["mnist-resnet20-w3a3-sgt-finetune"] <= 112_308
-    )
-
-
-def test_the_cifar10_second_stage_recipes_start_from_the_w4a4_sgt_fine_tuning():
-    from qsgt_plugin.recipe import load_recipe
-    from qsgt_plugin.training.build import build_model, check_recipe, example_batch
-
-    root = Path(__file__).resolve().parents[1]
-    paths = sorted(FINETUNE.glob("cifar10-*-from-w4a4.yaml"))
-    sizes = {}
-    for path in paths:
-        recipe = check_recipe(load_recipe(path))
-        assert recipe.name == path.stem and recipe.output.dir == f"runs/{path.stem}"
-        assert recipe.model.init_from == "results/cifar10/cifar10-w4a4-sgt-ft-s0"
-        assert (root / recipe.model.init_from / "model.pt").is_file()
-        assert recipe.train.epochs == 2 and recipe.sgt.enabled and recipe.sgt.mask_fraction == 0.1
-        model = build_model(
-            recipe.model.name, recipe.model.kwargs, recipe.quant, example_batch("cifar10")
-        )
-        sizes[path.stem] = model_size_bytes(model)
+    assert set(sizes) == {mixed, uniform}
     # uniform W3A3 (first and last layers at 8 bits) is the budget the mixed recipe was given
-    assert sizes["cifar10-resnet20-w3a3-sgt-from-w4a4"] == 112_596
-    assert sizes["cifar10-resnet20-mixed-113kb-from-w4a4"] <= 112_596
+    assert sizes[mixed] <= sizes[uniform] == budget
 
 
 def test_a_recipe_with_per_layer_widths_is_labelled_mixed():
