@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import yaml
 
 from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
 from qsgt_plugin.run_dir.results_table import (
@@ -86,3 +87,33 @@ def test_ship_keeps_the_model_state_only(tmp_path):
     assert set(shipped) - {"format"} == {"model", "model_config", "recipe", "step", "test_acc"}
     assert (dest / "recipe.yaml").read_text() == "model: {}\n"
     assert dataclasses.asdict(row())["seed"] == 0
+
+
+def test_a_fine_tuning_is_compared_with_its_own_seeds_parent(tmp_path):
+    """The paired cell pairs seed s with the parent of seed s (not the parents' mean), whatever
+    form ``model.init_from`` takes (a shipped folder, a checkpoint in it, an absolute path)."""
+    table = ResultsTable(tmp_path / "RESULTS.md")
+    parents = {0: "91.00%", 1: "92.00%", 2: "90.00%"}
+    tuned = {0: "90.50%", 1: "91.70%", 2: "89.80%"}  # -0.5, -0.3, -0.2: mean -0.33, sd 0.15
+    sources = {
+        0: "results/cifar10/cifar10-fp32-cpu-s0",
+        1: "results/cifar10/cifar10-fp32-cpu-s1/model.pt",
+        2: str(tmp_path / "results/cifar10/cifar10-fp32-cpu-s2"),
+    }
+    for seed in range(3):
+        parent = dataclasses.replace(
+            row("cifar10-fp32-cpu", seed, parents[seed]), dataset="cifar10", method="fp32"
+        )
+        child = dataclasses.replace(row("cifar10-w4a4-ft", seed, tuned[seed]), dataset="cifar10")
+        for r, source in ((parent, None), (child, sources[seed])):
+            table.add(r)
+            folder = shipped_dir(r, tmp_path / "results")
+            folder.mkdir(parents=True)
+            (folder / "recipe.yaml").write_text(yaml.safe_dump({"model": {"init_from": source}}))
+    table.add(row("cifar10-w4a4-ft", 3, "95.00%"))  # no shipped recipe, no parent row: unpaired
+    summary = table.summary().splitlines()
+    assert summary[2] == "| cifar10-fp32-cpu | 3 | 91.00% ± 1.00 |  |"
+    # the difference of the means would be -0.33 too, but its spread is the parents' (1.0)
+    assert summary[3] == (
+        "| cifar10-w4a4-ft | 4 | 91.75% ± 2.30 | -0.33 ± 0.15 points (3 seeds, cifar10-fp32-cpu) |"
+    )
