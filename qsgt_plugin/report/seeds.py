@@ -2,7 +2,9 @@
 
 A group is the set of runs whose resolved recipes are equal once the seed, the name and the
 settings that do not change the trained model (:data:`NOT_THE_MODEL`: where the run was
-written and logged, its device, compilation) are set aside; two runs of one group with the
+written and logged, its device, compilation) are set aside, and a fine-tuning's source
+(``model.init_from``) counts as the recipe it was trained from, so that fine-tunings of seeds
+0, 1, 2, each from its own seed's parent, are one group; two runs of one group with the
 same seed (a copied run directory) are refused, since they would count one model twice. Two
 groups form a
 *pair* when their recipes differ in ``sgt.enabled`` only (fp32 vs fp32 + SGT, W4A4 vs W4A4 +
@@ -16,14 +18,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 from qsgt_plugin.attribution.faithfulness import auc
 from qsgt_plugin.attribution.results import SuiteResult
 from qsgt_plugin.attribution.stats import summarise
-from qsgt_plugin.errors import UsageError
+from qsgt_plugin.errors import QsgtError, UsageError
+from qsgt_plugin.recipe import Recipe, parse_recipe
 from qsgt_plugin.report.statistics import ALPHA, hedges_g, hierarchical_bootstrap, holm, welch
 from qsgt_plugin.run_dir import Run
+from qsgt_plugin.run_dir.checkpoint import load_checkpoint
+from qsgt_plugin.run_dir.runs import find_checkpoint
 
 __all__ = ["NOT_THE_MODEL", "PAIRED", "Group", "group_runs", "pair_groups", "scalars", "sgt_kept"]
 
@@ -65,14 +71,43 @@ NOT_THE_MODEL = {
 
 def _key(run: Run, ignore_sgt: bool = False) -> str:
     """What determines the trained model, seed aside: runs with equal keys are one group."""
-    recipe = run.recipe.model_dump(mode="json")
-    recipe.pop("name")
+    return _recipe_key(run.recipe, ignore_sgt)
+
+
+def _recipe_key(recipe: Recipe, ignore_sgt: bool = False, depth: int = 0) -> str:
+    data = recipe.model_dump(mode="json")
+    data.pop("name")
     for section, keys in NOT_THE_MODEL.items():
         for key in keys:
-            recipe[section].pop(key)
+            data[section].pop(key)
     if ignore_sgt:
-        recipe["sgt"] = {}
-    return json.dumps(recipe, sort_keys=True)
+        data["sgt"] = {}
+    if recipe.model.init_from:
+        data["model"]["init_from"] = _source_key(recipe, depth)
+    return json.dumps(data, sort_keys=True)
+
+
+def _source_key(recipe: Recipe, depth: int) -> str:
+    """What a fine-tuning started from, seed aside: the source run's own key.
+
+    Fine-tunings over seeds start each from its own seed's parent (``.../parent-s0``,
+    ``.../parent-s1``): the paths differ, the recipe they were trained from does not. A
+    source that cannot be read (moved, or the report runs elsewhere) is named by its path with
+    this run's seed (as ``-sN``, ``_sN``, ``seedN`` or ``seed-N``) written as ``{seed}``, the
+    convention ``benchmarks/reproduce.py`` fills in.
+    """
+    source = recipe.model.init_from
+    if depth < 8:  # a chain of fine-tunings; deeper is a loop of copied runs
+        try:
+            payload = load_checkpoint(find_checkpoint(source))
+            parent = parse_recipe(payload["recipe"], source=str(source))
+        except (QsgtError, KeyError, TypeError):
+            pass
+        else:
+            return "run:" + _recipe_key(parent, depth=depth + 1)
+    seed = str(recipe.train.seed)
+    pattern = rf"((?:^|[-_/])s(?:eed)?[-_]?){seed}(?![0-9])"
+    return "path:" + re.sub(pattern, r"\1{seed}", str(source))
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

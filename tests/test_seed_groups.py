@@ -1,0 +1,81 @@
+"""Which runs the report counts as seeds of one recipe: fine-tunings from each seed's own parent
+are one group (their ``model.init_from`` paths differ by the seed, their parents' recipe does
+not), and SGT twins among them pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from qsgt_plugin.errors import UsageError
+from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.report.seeds import group_runs, pair_groups
+from qsgt_plugin.run_dir import Run
+from qsgt_plugin.run_dir.checkpoint import save_checkpoint
+
+
+def recipe(seed: int, init_from: str | None = None, sgt: bool = False, lr: float = 0.1) -> Recipe:
+    return Recipe.model_validate(
+        {
+            "model": {"name": "resnet20", "init_from": init_from},
+            "quant": {"enabled": init_from is not None},
+            "sgt": {"enabled": sgt},
+            "data": {"dataset": "cifar10"},
+            "optim": {"lr": lr},
+            "train": {"seed": seed},
+        }
+    )
+
+
+def run(path: Path, r: Recipe) -> Run:
+    return Run(path, r, {}, nn.Identity())
+
+
+def parent(root: Path, seed: int, lr: float = 0.1) -> str:
+    """A shipped float parent of ``seed``: a folder with a checkpoint holding its recipe."""
+    folder = root / f"cifar10-fp32-cpu-s{seed}"
+    folder.mkdir(parents=True)
+    payload = {"model": {}, "model_config": {"name": "resnet20"}, "step": 1}
+    payload["recipe"] = recipe(seed, lr=lr).model_dump(mode="json")
+    save_checkpoint(payload, folder / "model.pt")
+    return str(folder)
+
+
+def test_fine_tunings_from_their_own_seeds_parents_are_one_group_and_pair(tmp_path):
+    sources = [parent(tmp_path, seed) for seed in range(3)]
+    runs = [
+        run(tmp_path / f"{name}-s{seed}", recipe(seed, sources[seed], sgt="sgt" in name))
+        for name in ("w4a4-ft", "w4a4-sgt-ft")
+        for seed in range(3)
+    ]
+    groups = group_runs(runs)
+    assert [(g.label, g.seeds) for g in groups] == [("w4a4", [0, 1, 2]), ("w4a4+SGT", [0, 1, 2])]
+    assert [(a.label, b.label) for a, b in pair_groups(groups)] == [("w4a4", "w4a4+SGT")]
+    # a checkpoint inside the parent names the same source as its folder
+    same = run(tmp_path / "x", recipe(3, str(Path(sources[0]) / "model.pt")))
+    # (seed 3 from seed 0's parent: another seed of the same fine-tuning recipe)
+    assert [g.seeds for g in group_runs([*runs[:3], same])] == [[0, 1, 2, 3]]
+
+
+def test_parents_of_another_recipe_make_another_group(tmp_path):
+    ours = parent(tmp_path / "a", 0)
+    theirs = parent(tmp_path / "b", 1, lr=0.05)  # a parent trained differently
+    groups = group_runs(
+        [run(tmp_path / "r0", recipe(0, ours)), run(tmp_path / "r1", recipe(1, theirs))]
+    )
+    assert [g.seeds for g in groups] == [[0], [1]]
+    assert groups[1].label == "w4a4 #2"
+
+
+def test_unreadable_sources_group_by_their_path_with_the_seed_set_aside(tmp_path):
+    gone = tmp_path / "moved"
+    runs = [run(tmp_path / f"r{s}", recipe(s, f"{gone}/cifar10-fp32-cpu-s{s}")) for s in (0, 1)]
+    assert [g.seeds for g in group_runs(runs)] == [[0, 1]]
+    # a seed-1 run from a parent named for seed 0 is not the seed-1 run of that recipe
+    odd = run(tmp_path / "odd", recipe(1, f"{gone}/cifar10-fp32-cpu-s0"))
+    assert [g.seeds for g in group_runs([runs[0], odd])] == [[0], [1]]
+    # and one seed twice is still refused
+    with pytest.raises(UsageError, match="same recipe with the same seed"):
+        group_runs([runs[0], run(tmp_path / "copy", runs[0].recipe)])
