@@ -62,7 +62,8 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
     parent = "recipes/cifar10-resnet20-fp32-cpu.yaml"
     out["cifar10-fp32-cpu"] = (parent, [])
     init = "model.init_from=results/cifar10/cifar10-fp32-cpu-s{seed}"
-    for variant in ("w4a4", "w4a4-sgt", "fp32-sgt"):
+    # fp32-ft is fp32-sgt-ft's control: the same epochs from the same parent, without SGT.
+    for variant in ("w4a4", "w4a4-sgt", "fp32-sgt", "fp32"):
         recipe = f"recipes/finetune/cifar10-resnet20-{variant}-finetune.yaml"
         out[f"cifar10-{variant}-ft"] = (recipe, [init])
     for bits in (2, 3, 8):
@@ -116,6 +117,7 @@ CPU_TABLE = (
             "cifar10-w4a4-sgt-ft",
             "cifar10-w4a4-ft",
             "cifar10-fp32-sgt-ft",
+            "cifar10-fp32-ft",
         )
     ]
     + [(f"cifar10-w{b}a{b}-sgt-ft", 0) for b in (2, 3, 8)]
