@@ -51,8 +51,13 @@ def test_fine_tunings_from_their_own_seeds_parents_are_one_group_and_pair(tmp_pa
         for seed in range(3)
     ]
     groups = group_runs(runs)
-    assert [(g.label, g.seeds) for g in groups] == [("w4a4", [0, 1, 2]), ("w4a4+SGT", [0, 1, 2])]
-    assert [(a.label, b.label) for a, b in pair_groups(groups)] == [("w4a4", "w4a4+SGT")]
+    assert [(g.label, g.seeds) for g in groups] == [
+        ("w4a4 from fp32", [0, 1, 2]),
+        ("w4a4+SGT from fp32", [0, 1, 2]),
+    ]
+    assert [(a.label, b.label) for a, b in pair_groups(groups)] == [
+        ("w4a4 from fp32", "w4a4+SGT from fp32")
+    ]
     # a checkpoint inside the parent names the same source as its folder
     same = run(tmp_path / "x", recipe(3, str(Path(sources[0]) / "model.pt")))
     # (seed 3 from seed 0's parent: another seed of the same fine-tuning recipe)
@@ -66,7 +71,7 @@ def test_parents_of_another_recipe_make_another_group(tmp_path):
         [run(tmp_path / "r0", recipe(0, ours)), run(tmp_path / "r1", recipe(1, theirs))]
     )
     assert [g.seeds for g in groups] == [[0], [1]]
-    assert groups[1].label == "w4a4 #2"
+    assert [g.label for g in groups] == ["w4a4 from fp32", "w4a4 from fp32 #2"]
 
 
 def test_unreadable_sources_group_by_their_path_with_the_seed_set_aside(tmp_path):
@@ -79,3 +84,19 @@ def test_unreadable_sources_group_by_their_path_with_the_seed_set_aside(tmp_path
     # and one seed twice is still refused
     with pytest.raises(UsageError, match="same recipe with the same seed"):
         group_runs([runs[0], run(tmp_path / "copy", runs[0].recipe)])
+
+
+def test_a_parent_and_its_fine_tuning_are_told_apart_by_their_labels(tmp_path):
+    """fp32 trained from scratch and fp32 fine-tuned from it are both ``fp32`` runs; a reader
+    of the report must see which is which (not ``fp32`` and ``fp32 #2``)."""
+    source = parent(tmp_path, 0)
+    scratch = run(tmp_path / "p", recipe(0))
+    tuned = run(
+        tmp_path / "t", recipe(0, source).model_copy(update={"quant": scratch.recipe.quant})
+    )
+    lost = run(tmp_path / "l", recipe(1, str(tmp_path / "gone-s1")))
+    assert [g.label for g in group_runs([scratch, tuned, lost])] == [
+        "fp32",
+        "fp32 from fp32",
+        "w4a4 fine-tuned",
+    ]

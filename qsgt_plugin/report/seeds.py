@@ -96,27 +96,41 @@ def _source_key(recipe: Recipe, depth: int) -> str:
     this run's seed (as ``-sN``, ``_sN``, ``seedN`` or ``seed-N``) written as ``{seed}``, the
     convention ``benchmarks/reproduce.py`` fills in.
     """
-    source = recipe.model.init_from
-    if depth < 8:  # a chain of fine-tunings; deeper is a loop of copied runs
-        try:
-            payload = load_checkpoint(find_checkpoint(source))
-            parent = parse_recipe(payload["recipe"], source=str(source))
-        except (QsgtError, KeyError, TypeError):
-            pass
-        else:
-            return "run:" + _recipe_key(parent, depth=depth + 1)
+    parent = _source_recipe(recipe) if depth < 8 else None  # deeper: a loop of copied runs
+    if parent is not None:
+        return "run:" + _recipe_key(parent, depth=depth + 1)
     seed = str(recipe.train.seed)
     pattern = rf"((?:^|[-_/])s(?:eed)?[-_]?){seed}(?![0-9])"
-    return "path:" + re.sub(pattern, r"\1{seed}", str(source))
+    return "path:" + re.sub(pattern, r"\1{seed}", str(recipe.model.init_from))
+
+
+def _source_recipe(recipe: Recipe) -> Recipe | None:
+    """The recipe of the run ``model.init_from`` names, or None where it cannot be read."""
+    try:
+        payload = load_checkpoint(find_checkpoint(recipe.model.init_from))
+        return parse_recipe(payload["recipe"], source=str(recipe.model.init_from))
+    except (QsgtError, KeyError, TypeError):
+        return None
+
+
+def _label(run: Run) -> str:
+    """``w4a4+SGT``; a fine-tuning names what it started from: ``w4a4+SGT from fp32``."""
+    if not run.recipe.model.init_from:
+        return run.label
+    parent = _source_recipe(run.recipe)
+    if parent is None:
+        return f"{run.label} fine-tuned"
+    return f"{run.label} from {parent.quant.label}{'+SGT' if parent.sgt.enabled else ''}"
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Groups in the order their first run comes; labels are the runs' (``w4a4+SGT``)."""
+    """Groups in the order their first run comes, labelled by what they are (``w4a4+SGT``,
+    ``w4a4+SGT from fp32`` for a fine-tuning; ``#2`` where two groups are still alike)."""
     groups: dict[str, Group] = {}
     for run in runs:
         key = _key(run)
         if key not in groups:
-            label = run.label
+            label = _label(run)
             taken = sum(g.label.split(" #")[0] == label for g in groups.values())
             groups[key] = Group(label if not taken else f"{label} #{taken + 1}", key)
         twin = next(
