@@ -100,3 +100,26 @@ def test_a_parent_and_its_fine_tuning_are_told_apart_by_their_labels(tmp_path):
         "fp32 from fp32",
         "w4a4 fine-tuned",
     ]
+
+
+def test_settings_of_a_switched_off_feature_do_not_split_a_group_or_a_pair(tmp_path):
+    """A float recipe that inherits ``quant.alpha_init: calibrate`` from a quantized base trains
+    the same model as one that does not; left in the key, the fp32 / fp32 + SGT pair would
+    silently not be tested."""
+
+    def variant(seed: int, **quant) -> Recipe:
+        r = recipe(seed)  # float: quant.enabled is false
+        return r.model_copy(update={"quant": r.quant.model_copy(update=quant)})
+
+    plain, inherited = variant(0), variant(1, alpha_init="calibrate", weight_bits=2)
+    sgt = plain.model_copy(update={"sgt": plain.sgt.model_copy(update={"enabled": True})})
+    runs = [run(tmp_path / name, r) for name, r in zip("abc", (plain, inherited, sgt), strict=True)]
+    groups = group_runs(runs)
+    assert [(g.label, g.seeds) for g in groups] == [("fp32", [0, 1]), ("fp32+SGT", [0])]
+    assert len(pair_groups(groups)) == 1
+    # a switched-on feature's settings still tell groups apart
+    w4, w2 = variant(0, enabled=True), variant(1, enabled=True, weight_bits=2)
+    assert [g.label for g in group_runs([run(tmp_path / "q4", w4), run(tmp_path / "q2", w2)])] == [
+        "w4a4",
+        "w2a4",
+    ]

@@ -80,6 +80,11 @@ def _recipe_key(recipe: Recipe, ignore_sgt: bool = False, depth: int = 0) -> str
     for section, keys in NOT_THE_MODEL.items():
         for key in keys:
             data[section].pop(key)
+    # the settings of a switched-off feature do not change the model (a float recipe that
+    # inherits quant.alpha_init from a quantized one trains the same float model)
+    for section in ("quant", "sgt"):
+        if not data[section]["enabled"]:
+            data[section] = {"enabled": False}
     if ignore_sgt:
         data["sgt"] = {}
     if recipe.model.init_from:
