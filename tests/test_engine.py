@@ -319,5 +319,9 @@ def test_init_from_a_float_run_then_calibrate(tmp_path):
                 model={"name": "resnet32", "init_from": str(float_run.run_dir)},
             )
         )
-    with pytest.raises(RecipeError, match=r"model\.init_from: .*nowhere does not exist"):
+    with pytest.raises(RecipeError, match=r"model\.init_from: .*nowhere does not exist$"):
         train(tiny(tmp_path / "bad", model={"init_from": str(tmp_path / "nowhere")}))
+    # a shipped recipe's relative init_from, run from another folder: where it was looked for
+    with pytest.raises(RecipeError, match=r"read from the current folder, .*--set model\.init_"):
+        train(tiny(tmp_path / "bad", model={"init_from": "results/cifar10/nowhere-s0"}))
+    assert not (tmp_path / "bad").exists()  # refused before anything was written

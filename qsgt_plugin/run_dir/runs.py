@@ -60,7 +60,13 @@ def init_weights(model: nn.Module, source: str | Path) -> bool:
     try:
         state = load_checkpoint(find_checkpoint(source))["model"]
     except (RunError, CheckpointError) as exc:
-        raise RecipeError(f"model.init_from: {exc}") from None
+        hint = ""
+        if not Path(source).exists() and not Path(source).is_absolute():
+            hint = (
+                f" (a relative path is read from the current folder, {Path.cwd()}): run from "
+                "the folder that holds it, or give it whole with --set model.init_from=PATH"
+            )
+        raise RecipeError(f"model.init_from: {exc}{hint}") from None
     target = model.state_dict()
     missing = [k for k in target if k not in state and not _is_quantizer_key(k)]
     wrong = [k for k in target if k in state and state[k].shape != target[k].shape]
