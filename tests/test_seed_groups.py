@@ -71,7 +71,7 @@ def test_parents_of_another_recipe_make_another_group(tmp_path):
         [run(tmp_path / "r0", recipe(0, ours)), run(tmp_path / "r1", recipe(1, theirs))]
     )
     assert [g.seeds for g in groups] == [[0], [1]]
-    assert [g.label for g in groups] == ["w4a4 from fp32", "w4a4 from fp32 #2"]
+    assert [g.label for g in groups] == ["w4a4 from fp32", "w4a4 from fp32 (model.init_from)"]
 
 
 def test_unreadable_sources_group_by_their_path_with_the_seed_set_aside(tmp_path):
@@ -122,4 +122,18 @@ def test_settings_of_a_switched_off_feature_do_not_split_a_group_or_a_pair(tmp_p
     assert [g.label for g in group_runs([run(tmp_path / "q4", w4), run(tmp_path / "q2", w2)])] == [
         "w4a4",
         "w2a4",
+    ]
+
+
+def test_groups_of_one_label_are_told_apart_by_what_differs(tmp_path):
+    base = recipe(0)
+    lr = base.model_copy(update={"optim": base.optim.model_copy(update={"lr": 0.05})})
+    bf16 = base.model_copy(update={"train": base.train.model_copy(update={"precision": "bf16"})})
+    groups = group_runs(
+        [run(tmp_path / n, r) for n, r in zip("abc", (base, lr, bf16), strict=True)]
+    )
+    assert [g.label for g in groups] == [
+        "fp32",
+        "fp32 (optim.lr=0.05)",
+        "fp32 (train.precision=bf16)",
     ]

@@ -130,14 +130,13 @@ def _label(run: Run) -> str:
 
 def group_runs(runs: list[Run]) -> list[Group]:
     """Groups in the order their first run comes, labelled by what they are (``w4a4+SGT``,
-    ``w4a4+SGT from fp32`` for a fine-tuning; ``#2`` where two groups are still alike)."""
+    ``w4a4+SGT from fp32`` for a fine-tuning), with the settings that tell apart two groups of
+    one label."""
     groups: dict[str, Group] = {}
     for run in runs:
         key = _key(run)
         if key not in groups:
-            label = _label(run)
-            taken = sum(g.label.split(" #")[0] == label for g in groups.values())
-            groups[key] = Group(label if not taken else f"{label} #{taken + 1}", key)
+            groups[key] = Group(_distinct_label(_label(run), key, groups), key)
         twin = next(
             (r for r in groups[key].runs if r.recipe.train.seed == run.recipe.train.seed), None
         )
@@ -149,6 +148,39 @@ def group_runs(runs: list[Run]) -> list[Group]:
             )
         groups[key].runs.append(run)
     return list(groups.values())
+
+
+def _distinct_label(label: str, key: str, groups: dict[str, Group]) -> str:
+    """``label``, or where a group already has it, ``label`` with the settings that tell the
+    two apart (``w4a4+SGT (train.precision=bf16)``); ``#2`` only where that is not enough."""
+    first = next((g for g in groups.values() if g.label == label), None)
+    if first is None:
+        return label
+    before, now = _leaves(json.loads(first.key)), _leaves(json.loads(key))
+    settings = [
+        f"{path}={now[path]}" if len(str(now.get(path))) <= 24 else path
+        for path in sorted(set(before) | set(now))
+        if before.get(path) != now.get(path) and path in now
+    ]
+    taken = {g.label for g in groups.values()}
+    if settings:
+        candidate = f"{label} ({', '.join(settings[:2])}{', ...' if len(settings) > 2 else ''})"
+        if candidate not in taken:
+            return candidate
+    number = 2
+    while f"{label} #{number}" in taken:
+        number += 1
+    return f"{label} #{number}"
+
+
+def _leaves(data: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
 
 
 def pair_groups(groups: list[Group]) -> list[tuple[Group, Group]]:
