@@ -174,6 +174,11 @@ class Recipe(_Section):
     train: TrainSection = TrainSection()
     output: OutputSection = OutputSection()
 
+    @property
+    def label(self) -> str:
+        """Short description: ``w4a4``, ``fp32``, ``mixed``, with ``+SGT``."""
+        return self.quant.label + ("+SGT" if self.sgt.enabled else "")
+
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a YAML recipe (and the recipes it builds on), apply overrides and validate.

@@ -69,12 +69,12 @@ NOT_THE_MODEL = {
 }
 
 
-def _key(run: Run, ignore_sgt: bool = False) -> str:
+def _key(run: Run) -> str:
     """What determines the trained model, seed aside: runs with equal keys are one group."""
-    return _recipe_key(run.recipe, ignore_sgt)
+    return _recipe_key(run.recipe)
 
 
-def _recipe_key(recipe: Recipe, ignore_sgt: bool = False, depth: int = 0) -> str:
+def _recipe_key(recipe: Recipe, depth: int = 0) -> str:
     data = recipe.model_dump(mode="json")
     data.pop("name")
     for section, keys in NOT_THE_MODEL.items():
@@ -85,8 +85,6 @@ def _recipe_key(recipe: Recipe, ignore_sgt: bool = False, depth: int = 0) -> str
     for section in ("quant", "sgt"):
         if not data[section]["enabled"]:
             data[section] = {"enabled": False}
-    if ignore_sgt:
-        data["sgt"] = {}
     if recipe.model.init_from:
         data["model"]["init_from"] = _source_key(recipe, depth)
     return json.dumps(data, sort_keys=True)
@@ -125,7 +123,7 @@ def _label(run: Run) -> str:
     parent = _source_recipe(run.recipe)
     if parent is None:
         return f"{run.label} fine-tuned"
-    return f"{run.label} from {parent.quant.label}{'+SGT' if parent.sgt.enabled else ''}"
+    return f"{run.label} from {parent.label}"
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
@@ -183,6 +181,11 @@ def _leaves(data: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def _sgt_aside(key: str) -> str:
+    """A group's key without its own SGT settings (a fine-tuning's source keeps its own)."""
+    return json.dumps({**json.loads(key), "sgt": {}}, sort_keys=True)
+
+
 def pair_groups(groups: list[Group]) -> list[tuple[Group, Group]]:
     """``(without SGT, with SGT)`` pairs of groups whose recipes differ in SGT only."""
     pairs = []
@@ -190,7 +193,7 @@ def pair_groups(groups: list[Group]) -> list[tuple[Group, Group]]:
         if plain.runs[0].recipe.sgt.enabled:
             continue
         for sgt in groups:
-            same = _key(sgt.runs[0], ignore_sgt=True) == _key(plain.runs[0], ignore_sgt=True)
+            same = _sgt_aside(sgt.key) == _sgt_aside(plain.key)
             if sgt.runs[0].recipe.sgt.enabled and same:
                 pairs.append((plain, sgt))
     return pairs

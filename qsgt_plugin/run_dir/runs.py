@@ -146,7 +146,7 @@ class Run:
     @property
     def label(self) -> str:
         """Short description: ``w4a4``, ``fp32``, with ``+SGT``."""
-        return self.bits + ("+SGT" if self.recipe.sgt.enabled else "")
+        return self.recipe.label
 
     def metrics(self) -> list[dict]:
         return read_metrics(self.path)
