@@ -82,10 +82,11 @@ def test_shipped_quantized_weights_export_and_predict_the_same_on_the_test_set(r
     # qdq on CIFAR-10: its logits are closer together (label smoothing, a harder task), so the
     # same re-quantization moves more images across a class boundary, and more at 3 and 2 bits,
     # where a level is a larger step (RESULTS.md, Deployment: 97.7-97.8% at W4A4, 95.7-96.1%
-    # for W3A3 and the mixed model with 2-bit layers)
+    # for W3A3 and the mixed model with 2-bit layers; 92.07% for W2A2, whose every activation is
+    # one of 4 levels, at the same accuracy: 85.30% in PyTorch, 85.45% in qdq)
     qdq_same, qdq_points = {"mnist": (0.995, 0.0015), "cifar10": (0.97, 0.003)}[row.dataset]
     if row.dataset == "cifar10" and row.bits not in ("w4a4", "w8a8"):
-        qdq_same, qdq_points = 0.95, 0.006
+        qdq_same, qdq_points = (0.90, 0.006) if row.bits == "w2a2" else (0.95, 0.006)
     for format, same_top1, points in (("packed", 0.999, 0.0015), ("qdq", qdq_same, qdq_points)):
         out = tmp_path / f"{format}.onnx"
         assert main(["export", str(shipped(row)), "--out", str(out), "--format", format]) == 0
