@@ -3,6 +3,7 @@ benchmark scripts' quick modes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -166,5 +167,23 @@ def test_reproduce_quick_appends_a_row(tmp_path):
     assert (row.dataset, row.model, row.method, row.bits, row.sgt, row.seed) == (
         "mnist", "resnet20", "pact", "w4a4", "yes", 0,
     )  # fmt: skip
-    assert row.test_acc.endswith("%") and row.device == f"CPU, {os.cpu_count()} cores"
+    assert row.test_acc.endswith("%") and row.device.startswith(f"CPU, {os.cpu_count()} cores, ")
     assert "python benchmarks/reproduce.py --quick mnist-w4a4-sgt --seed 0" in row.command
+
+
+def test_a_row_names_the_processor_and_its_bf16_path():
+    """Two virtual machines of '2 cores' differed by twice in wall time: the row says which."""
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    amd = (
+        "processor\t: 0\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n"
+        "flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n"
+    )
+    intel = (
+        "model name\t: Intel(R) Xeon(R) Processor\n"
+        "flags\t\t: avx512f avx512_bf16 amx_bf16 amx_int8\n"
+    )
+    assert reproduce.cpu_model(amd + amd) == "AMD EPYC 9R14 96-Core Processor (AVX512-BF16)"
+    assert reproduce.cpu_model(intel) == "Intel Xeon Processor (AMX-BF16)"
+    assert reproduce.cpu_model("model name\t: Some CPU\nflags\t: sse2 avx2\n") == "Some CPU"
