@@ -76,8 +76,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     run = load_run(args.checkpoint, data_root=args.data_root)
     device = resolve_device(args.device)
-    loader = run.test_loader(device=device)
-    accuracy, loss = evaluate(run.model.to(device), loader)
+    model, loader = run.evaluation(device)  # in the memory layout training evaluated it
+    accuracy, loss = evaluate(model, loader)
     print(
         f"test accuracy {100 * accuracy:.2f}% (loss {loss:.4f}) on {len(loader.labels)} "
         f"{run.recipe.data.dataset} test images; checkpoint at step {run.checkpoint['step']}"

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from qsgt_plugin.cli import main
+from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.errors import RecipeError, RunExistsError, TrainingDivergedError
 from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.run_dir import model_from_checkpoint
+from qsgt_plugin.run_dir import load_run, model_from_checkpoint
 from qsgt_plugin.run_dir.checkpoint import CheckpointError, load_checkpoint
 from qsgt_plugin.training.loop import train
 
@@ -77,6 +78,27 @@ def test_a_run_writes_recipe_metrics_and_loadable_checkpoints(tmp_path, dataset)
     model = model_from_checkpoint(payload)
     assert any("clip_level_impl.alpha" in k for k in model.state_dict())
     assert logs[-1]["test_acc"] == payload["test_acc"]
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_run_read_back_evaluates_in_the_layout_it_trained_in(tmp_path, channels_last):
+    """`qsgt evaluate` lays the model and batches out as training evaluated them: a quantizer
+    turns the last-bit differences of another layout into whole levels (a CIFAR-10 W4A4 run
+    moved 4 images of 10,000 evaluated contiguous instead of channels-last)."""
+    result = train(tiny(tmp_path, train={"epochs": 1, "channels_last": channels_last}))
+    run = load_run(result.run_dir / "last.pt")
+    assert run.channels_last is channels_last
+    model, loader = run.evaluation()
+    weight = model.get_submodule("layer1.0.conv1").weight  # 16 channels in: the layouts differ
+    assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last
+    assert loader.channels_last is channels_last
+    assert evaluate(model, loader)[0] == result.test_acc
+
+
+def test_a_run_from_before_the_layout_setting_evaluates_contiguous():
+    run = load_run(ROOT / "results/mnist/mnist-fp32-s0")  # recipe without train.channels_last
+    assert "channels_last" not in run.checkpoint["recipe"]["train"]
+    assert run.channels_last is False
 
 
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path):

@@ -159,6 +159,29 @@ class Run:
         return make_loader(self.recipe, False, torch.device(device), limit, offset=offset)
 
     @property
+    def channels_last(self) -> bool:
+        """Whether training evaluated this run in channels-last memory format: its recorded
+        recipe says ``train.channels_last: true`` (training writes the resolved value; recipes
+        from before that setting existed, ``auto`` here, trained contiguous)."""
+        return self.recipe.train.channels_last is True
+
+    def evaluation(
+        self, device: str | torch.device = "cpu", limit: int | None = None
+    ) -> tuple[nn.Module, Loader]:
+        """The model and its test split laid out as training evaluated them, so that
+        :func:`~qsgt_plugin.common.evaluation.evaluate` gives the accuracy training recorded,
+        to the image. The memory format matters: a convolution sums in another order in each
+        layout, and a quantizer turns a last-bit difference at a level boundary into a whole
+        level (a CIFAR-10 W4A4 run re-evaluated contiguous on another processor moved 4 of
+        10,000 images; channels-last, as trained, none)."""
+        device = torch.device(device)
+        model = self.model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loader = make_loader(self.recipe, False, device, limit, channels_last=self.channels_last)
+        return model, loader
+
+    @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         info = get_dataset(self.recipe.data.dataset)
         return info.mean, info.std
