@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from qsgt_plugin.run_dir.results_table import (
     QUICK_SUFFIX,
     ResultsTable,
     Row,
+    processor_name,
     ship,
     shipped_dir,
 )
@@ -138,27 +138,7 @@ QUICK = [
 def device_name(recipe) -> str:
     if torch.cuda.is_available() and recipe.train.device != "cpu":
         return torch.cuda.get_device_name()
-    return f"CPU, {os.cpu_count()} cores, {cpu_model()}"
-
-
-def cpu_model(cpuinfo: str | None = None) -> str:
-    """The processor's name and its bf16 path (``Intel Xeon Processor (AMX-BF16)``): rows
-    measured on one virtual machine and another differ by up to twice in wall time."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    fields = dict(
-        (key.strip(), value.strip())
-        for key, _, value in (line.partition(":") for line in cpuinfo.splitlines())
-        if key.strip() in ("model name", "flags")
-    )
-    name = fields.get("model name") or platform.processor() or "unknown processor"
-    name = " ".join(name.replace("(R)", "").replace("(TM)", "").split())
-    flags = set(fields.get("flags", "").split())
-    bf16 = "AMX-BF16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else ""
-    return f"{name} ({bf16})" if bf16 else name
+    return f"CPU, {os.cpu_count()} cores, {processor_name()}"
 
 
 def run(name: str, seed: int, extra: list[str], quick: bool, results: Path, out_root: Path):

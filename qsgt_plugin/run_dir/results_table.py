@@ -15,6 +15,7 @@ reads and writes both, for ``benchmarks/reproduce.py``, the GPU stage scripts an
 from __future__ import annotations
 
 import dataclasses
+import platform
 import re
 import statistics
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ __all__ = [
     "ResultsTable",
     "Row",
     "append_to_table",
+    "processor_name",
     "ship",
     "shipped_dir",
 ]
@@ -86,6 +88,34 @@ class Row:
             raise ValueError(f"a results row has {len(COLUMNS)} cells, not {len(cells)}")
         values = dict(zip([f.name for f in dataclasses.fields(cls)], cells, strict=True))
         return cls(**{**values, "seed": int(values["seed"])})
+
+
+def processor_name(cpuinfo: str | None = None) -> str:
+    """The processor's name and its fastest training path: ``Intel Xeon Processor (AMX-BF16)``,
+    ``AMD EPYC (AVX2)``. Machines sold under one name differ: two "AMD EPYC" machines here had
+    AVX512-BF16 and only AVX2, and their wall times and float rounding differ with it."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in cpuinfo.splitlines())
+        if key.strip() in ("model name", "flags")
+    )
+    name = fields.get("model name") or platform.processor() or "unknown processor"
+    name = " ".join(name.replace("(R)", "").replace("(TM)", "").split())
+    flags = set(fields.get("flags", "").split())
+    for flag, path in (
+        ("amx_bf16", "AMX-BF16"),
+        ("avx512_bf16", "AVX512-BF16"),
+        ("avx512f", "AVX-512"),
+        ("avx2", "AVX2"),
+    ):
+        if flag in flags:
+            return f"{name} ({path})"
+    return name
 
 
 def _cells(line: str) -> list[str]:
