@@ -11,6 +11,13 @@ import torch
 DATA_FILES = ("MNIST/raw/t10k-images-idx3-ubyte", "cifar-10-batches-py/test_batch")
 
 
+# Under pytest-xdist (`-n 2`), each worker computes on one thread, as do the processes it
+# starts: two workers of one thread each keep the 2 cores busy where one process of two
+# threads waits on Python, imports, exports and subprocesses.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 # Tools' own folders: what the suite may create in the working tree.
 _TOOL_DIRS = {".git", ".venv", ".ci-venv", "__pycache__", ".pytest_cache", ".ruff_cache"}

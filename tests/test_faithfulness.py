@@ -30,6 +30,9 @@ from qsgt_plugin.attribution import (
 from qsgt_plugin.sgt import rank_mask, ranking, reduce_saliency, tie_fraction
 from qsgt_plugin.sgt.saliency import attribute
 
+# its tests share a module fixture: one worker computes it once (`-n 2`)
+pytestmark = pytest.mark.xdist_group("faithfulness")
+
 quantus = pytest.importorskip("quantus")
 
 

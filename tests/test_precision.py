@@ -29,6 +29,9 @@ from qsgt_plugin.recipe import Recipe, parse_recipe
 from qsgt_plugin.run_dir import load_run
 from qsgt_plugin.training.loop import train
 
+# its tests share a module fixture: one worker computes it once (`-n 2`)
+pytestmark = pytest.mark.xdist_group("precision")
+
 PNG = b"\x89PNG\r\n\x1a\n"
 needs_data = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
 

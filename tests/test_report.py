@@ -19,6 +19,7 @@ from qsgt_plugin.training.loop import train
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set"),
+    pytest.mark.xdist_group("report"),  # one worker trains the shared runs once (`-n 2`)
 ]
 
 PNG = b"\x89PNG\r\n\x1a\n"
