@@ -20,6 +20,7 @@ from qsgt_plugin.cli import main
 from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.errors import RecipeError, RunExistsError, TrainingDivergedError
 from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.report import accuracy_table
 from qsgt_plugin.run_dir import load_run, model_from_checkpoint
 from qsgt_plugin.run_dir.checkpoint import CheckpointError, load_checkpoint
 from qsgt_plugin.training.loop import train
@@ -93,6 +94,13 @@ def test_a_run_read_back_evaluates_in_the_layout_it_trained_in(tmp_path, channel
     assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last
     assert loader.channels_last is channels_last
     assert evaluate(model, loader)[0] == result.test_acc
+    # the run's own model keeps its layout for the analyses that read it
+    conv = run.model.get_submodule("layer1.0.conv1").weight
+    assert conv.is_contiguous() and (model is not run.model) is channels_last
+    # the report's accuracy table evaluates the same way: the accuracy training recorded
+    table = accuracy_table([run])
+    assert [r["run"] for r in table] == ["run", "run (float view)"]
+    assert table[0]["test_acc"] == result.test_acc
 
 
 def test_a_run_from_before_the_layout_setting_evaluates_contiguous():

@@ -215,26 +215,26 @@ def accuracy_table(runs: list[Run]) -> list[dict[str, Any]]:
     """
     rows = []
     for run in runs:
-        loader = run.test_loader()
+        model, loader = run.evaluation()  # as training evaluated it: RESULTS.md's accuracy
         row = {
             "run": run.name,
             "model": run.recipe.model.name,
             "dataset": run.recipe.data.dataset,
             "bits": run.bits,
             "sgt": run.recipe.sgt.enabled,
-            "test_acc": evaluate(run.model, loader)[0],
+            "test_acc": evaluate(model, loader)[0],
             "size_bytes": model_size_bytes(run.model),
             "test_images": len(loader.labels),
         }
         rows.append(row)
         if run.quantized:
-            with quantization_disabled(run.model):
+            with quantization_disabled(model):
                 rows.append(
                     {
                         **row,
                         "run": f"{run.name} (float view)",
                         "bits": "fp32 view",
-                        "test_acc": evaluate(run.model, loader)[0],
+                        "test_acc": evaluate(model, loader)[0],
                         "size_bytes": model_size_bytes(run.model),
                     }
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,11 +174,12 @@ class Run:
         to the image. The memory format matters: a convolution sums in another order in each
         layout, and a quantizer turns a last-bit difference at a level boundary into a whole
         level (a CIFAR-10 W4A4 run re-evaluated contiguous on another processor moved 4 of
-        10,000 images; channels-last, as trained, none)."""
+        10,000 images; channels-last, as trained, none). A channels-last model is a copy:
+        ``self.model`` keeps its layout for the analyses that read it."""
         device = torch.device(device)
         model = self.model.to(device)
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         loader = make_loader(self.recipe, False, device, limit, channels_last=self.channels_last)
         return model, loader
 
