@@ -153,11 +153,16 @@ class Run:
         return read_metrics(self.path)
 
     def test_loader(
-        self, limit: int | None = None, device: str | torch.device = "cpu", offset: int = 0
+        self,
+        limit: int | None = None,
+        device: str | torch.device = "cpu",
+        offset: int = 0,
+        channels_last: bool = False,
     ) -> Loader:
         """The run's test split (``limit`` images from index ``offset``), normalised as in
-        training."""
-        return make_loader(self.recipe, False, torch.device(device), limit, offset=offset)
+        training, in channels-last batches if asked."""
+        layout = dict(offset=offset, channels_last=channels_last)
+        return make_loader(self.recipe, False, torch.device(device), limit, **layout)
 
     @property
     def channels_last(self) -> bool:
@@ -166,9 +171,7 @@ class Run:
         from before that setting existed, ``auto`` here, trained contiguous)."""
         return self.recipe.train.channels_last is True
 
-    def evaluation(
-        self, device: str | torch.device = "cpu", limit: int | None = None
-    ) -> tuple[nn.Module, Loader]:
+    def evaluation(self, device: str | torch.device = "cpu") -> tuple[nn.Module, Loader]:
         """The model and its test split laid out as training evaluated them, so that
         :func:`~qsgt_plugin.common.evaluation.evaluate` gives the accuracy training recorded,
         to the image. The memory format matters: a convolution sums in another order in each
@@ -180,8 +183,7 @@ class Run:
         model = self.model.to(device)
         if self.channels_last:
             model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        loader = make_loader(self.recipe, False, device, limit, channels_last=self.channels_last)
-        return model, loader
+        return model, self.test_loader(device=device, channels_last=self.channels_last)
 
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
