@@ -19,6 +19,33 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (README's test command) every ``xdist_group`` test must carry
+    its group, so that one worker trains a module's shared runs once. pytest 9.2 with
+    pytest-xdist 3.8 drops the group silently (pytest-dev/pytest-xdist#1386): the tests still
+    pass, each worker trains the session fixtures again, and CI takes minutes longer. Such
+    tests fail at setup instead, before they train anything."""
+    if getattr(config.option, "loadgroup", False):
+        config.stash[_UNGROUPED] = {
+            i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+        }
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.nodeid in item.config.stash.get(_UNGROUPED, set()):
+        pytest.fail(
+            "--dist loadgroup did not group this xdist_group test: this pytest and pytest-xdist "
+            "do not work together (pytest-xdist#1386). Install the test extra, which pins a "
+            "pytest that does.",
+            pytrace=False,
+        )
+
+
+_UNGROUPED = pytest.StashKey[set]()
 # Tools' own folders: what the suite may create in the working tree.
 _TOOL_DIRS = {".git", ".venv", ".ci-venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
 _TOOL_DIRS |= {".hypothesis"}
