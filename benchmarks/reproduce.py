@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from qsgt_plugin.common.memory import keep_freed_memory
 from qsgt_plugin.recipe import load_recipe
 from qsgt_plugin.run_dir import read_metrics
 from qsgt_plugin.run_dir.results_table import (
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
     parser.add_argument("--runs", type=Path, help="where runs go (default: runs/reproduce)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as `qsgt train` does: evaluations reuse freed memory
     if args.table == "cifar10-cpu":
         jobs = list(CPU_TABLE)
     else:

@@ -14,6 +14,7 @@ if _cpp_log.level == _logging.NOTSET:
     _cpp_log.setLevel(_logging.ERROR)
 
 from qsgt_plugin import models  # noqa: F401  (files the CIFAR ResNets in timm's registry)
+from qsgt_plugin.common.memory import keep_freed_memory
 from qsgt_plugin.hookspecs import hookimpl
 from qsgt_plugin.plugins import PluginError, convert, get_registry, list_methods, list_models
 from qsgt_plugin.quant import (
@@ -43,6 +44,7 @@ __all__ = [
     "convert",
     "get_registry",
     "hookimpl",
+    "keep_freed_memory",
     "list_methods",
     "list_models",
     "quantization_disabled",

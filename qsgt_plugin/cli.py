@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qsgt_plugin.cli_parser import build_parser
+from qsgt_plugin.common.memory import keep_freed_memory
 from qsgt_plugin.errors import DISK_FULL, QsgtError
 
 log = logging.getLogger("qsgt_plugin")
@@ -354,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    keep_freed_memory()  # evaluation batches reuse freed memory instead of re-faulting it
     try:
         return args.func(args)
     except QsgtError as exc:
