@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -75,10 +76,16 @@ def tiny(out: Path, **train_options) -> Recipe:
     )
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """The plain path (contiguous, eager), which the two tests below compare with."""
+    return train(tiny(tmp_path_factory.mktemp("plain"), fast_path=False, compile=False))
+
+
 @needs_data
 @pytest.mark.slow
-def test_fast_path_trains_like_the_plain_path(tmp_path):
-    plain = train(tiny(tmp_path / "plain", fast_path=False, compile=False))
+@pytest.mark.xdist_group("fast")  # with the test below: one worker trains `plain` once
+def test_fast_path_trains_like_the_plain_path(plain, tmp_path):
     fast = train(tiny(tmp_path / "fast", fast_path=True, compile=False))
     assert plain.step == fast.step == 128
     # Channels-last only reorders floating-point sums: the same accuracy within noise.
@@ -87,8 +94,9 @@ def test_fast_path_trains_like_the_plain_path(tmp_path):
 
 @needs_data
 @pytest.mark.slow
-def test_torch_compile_on_the_cpu_trains_like_eager(tmp_path):
-    eager = train(tiny(tmp_path / "eager", compile=False))
+@pytest.mark.xdist_group("fast")
+def test_torch_compile_on_the_cpu_trains_like_eager(plain, tmp_path):
+    eager = plain
     compiled = train(tiny(tmp_path / "compiled", compile=True))
     records = (compiled.run_dir / "metrics.jsonl").read_text().splitlines()
     assert json.loads(records[-1])["compiled"] is True
@@ -186,3 +194,24 @@ def test_a_row_names_the_processor_and_its_training_path():
     assert processor_name(intel) == "Intel Xeon Processor (AMX-BF16)"
     assert processor_name("model name\t: AMD EPYC\nflags\t: sse2 avx2 fma\n") == "AMD EPYC (AVX2)"
     assert processor_name("model name\t: Old CPU\nflags\t: sse2\n") == "Old CPU"
+
+
+@needs_data
+@pytest.mark.slow
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_allocator_benchmark_shows_fewer_faults_and_the_same_accuracy():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/allocator.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,  # exit 1 where the two settings' accuracies differ
+    ).stdout
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:-1]
+        for line in out.splitlines()
+        if line.startswith("| glibc") or line.startswith("| keep")
+    }
+    faults = {name: int(cells[3].strip().replace(",", "")) for name, cells in rows.items()}
+    assert faults["keep_freed_memory()"] < faults["glibc default"] / 4, faults
+    assert rows["glibc default"][-1] == rows["keep_freed_memory()"][-1]  # the accuracy
