@@ -136,7 +136,9 @@ def agreement_table(dataset: str, images: int | None) -> None:
                 export_onnx(
                     run.model, path, calibration[:1], format=fmt, calibration_inputs=calibration
                 )
-                check = agreement(run.model, path, test)
+                check = agreement(
+                    run.evaluated_model(), path, test, channels_last=run.channels_last
+                )
                 cells += [f"{100 * check.same_prediction:.2f}%", f"{check.mean_abs_diff:.3g}"]
         print(f"| {folder.name} | " + " | ".join(cells) + " |", flush=True)
 
@@ -176,8 +178,14 @@ def main(argv: list[str] | None = None) -> int:
             paths[fmt] = export_onnx(
                 run.model, out / f"{fmt}.onnx", example, format=fmt, calibration_inputs=calibration
             )
-        owners = {n: (fp32_run.model if "fp32" in n else run.model) for n in paths}
-        checks = {n: agreement(owners[n], p, test) for n, p in paths.items()}
+        # each graph against its PyTorch model in the layout training evaluated it in
+        owners = {n: (fp32_run if "fp32" in n else run) for n in paths}
+        checks = {
+            n: agreement(
+                owners[n].evaluated_model(), p, test, channels_last=owners[n].channels_last
+            )
+            for n, p in paths.items()
+        }
         ms = latencies(paths, tuple(example.shape[1:]), (1, 2), (1, 128), rounds)
         sizes = {n: p.stat().st_size for n, p in paths.items()}
         fused = {n: integer_kernel_report(p).get("QLinearConv", 0) for n, p in paths.items()}

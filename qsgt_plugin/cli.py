@@ -292,7 +292,8 @@ def _export(args: argparse.Namespace) -> int:
             f"onnxruntime runs {convs} of {total} convolutions and {ops.get('QLinearAdd', 0)} "
             "residual sums on integer kernels"
         )
-        print(f"on its calibration images: {agreement(run.model, out, calibration)}")
+        check = agreement(run.evaluated_model(), out, calibration, channels_last=run.channels_last)
+        print(f"on its calibration images: {check}")
     return 0
 
 

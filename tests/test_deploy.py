@@ -244,3 +244,28 @@ def test_8_bit_dorefa_weights_export_requantized_to_int8(tmp_path):
 def test_unknown_format_is_named(tmp_path):
     with pytest.raises(ExportError, match="unknown export format 'onnx'; allowed: qdq, packed"):
         export_onnx(resnet20(3, 4), tmp_path / "m.onnx", images(3, 1), format="onnx")
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_agreement_gives_pytorch_the_layout_asked_and_onnxruntime_the_same_images(
+    tmp_path, channels_last
+):
+    from qsgt_plugin.quant.export.writer import agreement
+
+    model = resnet20(3, 4)
+    x = images(3, 64)  # 3 channels: channels-last and contiguous batches differ
+    path = export_onnx(model, tmp_path / "m.onnx", x[:4], format="packed")
+    layouts = []
+    model.register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous() is not channels_last)
+    )
+    check = agreement(model, path, x, batch=32, channels_last=channels_last)
+    assert layouts == [True, True]  # two batches of 32, each in the layout asked for
+    assert check.images == 64 and check.same_prediction >= 0.95
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        expected = torch.cat([model(b.contiguous(memory_format=layout)) for b in x.split(32)])
+    # onnxruntime got the same images, contiguous: the same differences to the PyTorch model
+    diff = np.abs(run_onnx(path, x) - expected.numpy())
+    assert diff.mean() == pytest.approx(check.mean_abs_diff, rel=1e-5)
+    assert diff.max() == pytest.approx(check.max_abs_diff, rel=1e-5)

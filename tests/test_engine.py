@@ -103,6 +103,32 @@ def test_a_run_read_back_evaluates_in_the_layout_it_trained_in(tmp_path, channel
     assert table[0]["test_acc"] == result.test_acc
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_an_export_checks_its_graph_against_the_model_as_training_evaluated_it(
+    tmp_path, channels_last, monkeypatch, capsys
+):
+    """`qsgt export`'s agreement with PyTorch, like `qsgt evaluate`, uses the layout the run
+    trained in: model and batches channels-last for a channels-last run."""
+    from qsgt_plugin.cli import main
+    from qsgt_plugin.quant.export import writer
+
+    result = train(tiny(tmp_path, train={"epochs": 1, "channels_last": channels_last}))
+    seen = []
+    real = writer.agreement
+
+    def spy(model, path, inputs, **options):
+        weight = model.get_submodule("layer1.0.conv1").weight  # 16 channels in
+        seen.append((weight.is_contiguous(memory_format=torch.channels_last), options))
+        return real(model, path, inputs, **options)
+
+    monkeypatch.setattr(writer, "agreement", spy)
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(result.run_dir), "--out", str(out), "--format", "qdq"]) == 0
+    # the batches' layout inside agreement(): tests/test_deploy.py
+    assert seen == [(channels_last, {"channels_last": channels_last})]
+    assert "on its calibration images: same top-1 class as PyTorch on" in capsys.readouterr().out
+
+
 def test_a_run_from_before_the_layout_setting_evaluates_contiguous():
     run = load_run(ROOT / "results/mnist/mnist-fp32-s0")  # recipe without train.channels_last
     assert "channels_last" not in run.checkpoint["recipe"]["train"]

@@ -180,10 +180,18 @@ class Run:
         10,000 images; channels-last, as trained, none). A channels-last model is a copy:
         ``self.model`` keeps its layout for the analyses that read it."""
         device = torch.device(device)
-        model = self.model.to(device)
+        return self.evaluated_model(device), self.test_loader(
+            device=device, channels_last=self.channels_last
+        )
+
+    def evaluated_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The model in the memory layout training evaluated it in (a channels-last copy
+        where it trained channels-last): what :meth:`evaluation` returns, for a caller that
+        brings its own inputs (the exports' agreement with PyTorch)."""
+        model = self.model.to(torch.device(device))
         if self.channels_last:
             model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        return model, self.test_loader(device=device, channels_last=self.channels_last)
+        return model
 
     @property
     def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

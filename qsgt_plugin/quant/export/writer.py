@@ -167,16 +167,31 @@ class Agreement:
         )
 
 
-def agreement(model: nn.Module, path: str | Path, inputs: Tensor, batch: int = 500) -> Agreement:
-    """Run ``inputs`` through the PyTorch ``model`` and through the ONNX file at ``path``."""
+def agreement(
+    model: nn.Module,
+    path: str | Path,
+    inputs: Tensor,
+    batch: int = 500,
+    channels_last: bool = False,
+) -> Agreement:
+    """Run ``inputs`` through the PyTorch ``model`` and through the ONNX file at ``path``.
+
+    ``channels_last``: the PyTorch model gets its batches in channels-last memory format, as
+    training evaluated a run that trained so (``Run.evaluated_model()`` and
+    ``Run.channels_last``); a quantizer turns the other layout's last-bit differences into
+    whole levels. onnxruntime always gets contiguous arrays.
+    """
     session = ort_session(Path(path), threads=torch.get_num_threads())
     model = model.eval()
+    device = next(model.parameters()).device
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     got, expected = [], []
     with torch.no_grad():
         for x in inputs.split(batch):
-            x = x.float().cpu()
+            x = x.float().cpu().contiguous()
             got.append(session.run(None, {"input": x.numpy()})[0])
-            expected.append(model(x.to(next(model.parameters()).device)).float().cpu().numpy())
+            ours = x.to(device).contiguous(memory_format=layout)
+            expected.append(model(ours).float().cpu().numpy())
     a, b = np.concatenate(got), np.concatenate(expected)
     diff = np.abs(a - b)
     return Agreement(
