@@ -4,14 +4,14 @@ glibc serves a block above its mmap threshold (dynamic, at most 32 MB) with a fr
 and returns it to the system on ``free``. An evaluation batch of 1,000 CIFAR-10 images has
 activations of 65 MB (1000 x 16 x 32 x 32 floats), so every layer of every batch asks the
 kernel for new zeroed pages: half of the time of a W4A4 ResNet-20's evaluation on one core went
-to page faults (34.4 s -> 19.1 s on 10,000 images, 5.9 million -> 0.18 million faults, the
-same accuracy to the image; AMD EPYC, 2026-12-07, ``python benchmarks/allocator.py``). Training
-batches of 128 stay below the threshold and gain little.
+to page faults (32.9 s -> 18.0 s on 10,000 images, 5.5 million -> 0.16 million faults, the
+same accuracy to the image; AMD EPYC, 2026-12-07, ``python benchmarks/allocator.py``, RESULTS.md
+"Evaluation memory"). Training batches of 128 stay below the threshold and gain little.
 
 The ``qsgt`` command, ``benchmarks/reproduce.py`` and the test suite call
 :func:`keep_freed_memory` once at start; a Python user can call it as well. It changes only
 where freed memory waits, never a computed value; the price is a higher resident size after
-a peak (1.60 GB against 1.37 GB in that evaluation).
+a peak (1.85 GB against 1.73 GB in that evaluation).
 """
 
 from __future__ import annotations
