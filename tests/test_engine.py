@@ -19,6 +19,7 @@ import torch
 from qsgt_plugin.cli import main
 from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.errors import RecipeError, RunExistsError, TrainingDivergedError
+from qsgt_plugin.quant import model_size_bytes, quantization_disabled
 from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.report import accuracy_table
 from qsgt_plugin.run_dir import load_run, model_from_checkpoint
@@ -101,6 +102,12 @@ def test_a_run_read_back_evaluates_in_the_layout_it_trained_in(tmp_path, channel
     table = accuracy_table([run])
     assert [r["run"] for r in table] == ["run", "run (float view)"]
     assert table[0]["test_acc"] == result.test_acc
+    # and sizes its float view with the quantizers off, in either layout (the channels-last
+    # copy's quantizers were the ones switched off, and the size once read run.model's)
+    with quantization_disabled(run.model):
+        float_size = model_size_bytes(run.model)
+    assert table[0]["size_bytes"] == model_size_bytes(run.model)
+    assert table[1]["size_bytes"] == float_size > 6 * table[0]["size_bytes"]
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
