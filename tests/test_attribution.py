@@ -16,12 +16,15 @@ from qsgt_plugin.attribution import (
     attribution_grid,
     compare_views,
     gini,
+    infidelity_score,
     masking_curve,
     masking_curve_figure,
+    sensitivity_score,
     spearman,
     top_overlap,
 )
 from qsgt_plugin.quant import model_size_bytes, quantization_disabled
+from qsgt_plugin.sgt.saliency import attribute
 
 
 def test_gini_of_one_hot_is_1_and_of_constant_is_0():
@@ -73,12 +76,45 @@ def test_comparison_of_a_model_with_its_float_view_without_a_copy():
     assert pairs["q", "q again"]["spearman"] == pytest.approx(1.0)
     assert pairs["q", "q float"]["spearman"] < 0.999  # quantization changes the maps
     with quantization_disabled(qmodel):
-        from qsgt_plugin.sgt.saliency import attribute
-
         torch.testing.assert_close(result.maps["q float"], attribute(qmodel, x, y))
     for numbers in result.views.values():
         assert 0 <= numbers["gini"] <= 1
         assert numbers["infidelity"] >= 0 and numbers["sensitivity_max"] >= 0
+    # every view sees the same seeded noise: two views of one model, the same numbers
+    assert result.views["q"] == result.views["q again"]
+    assert result.views["q"]["sensitivity_max"] != result.views["q float"]["sensitivity_max"]
+
+
+def test_sensitivity_and_infidelity_draw_their_noise_from_their_seed_not_the_global_generator():
+    qmodel = convert(small_model(), bits=4, alpha_init=2.0).eval()
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    maps = attribute(qmodel, x, y)
+    state = torch.get_rng_state()
+    first = sensitivity_score(qmodel, x, y, seed=3), infidelity_score(qmodel, x, y, maps, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator was not used
+    torch.manual_seed(123)  # and does not matter
+    again = sensitivity_score(qmodel, x, y, seed=3), infidelity_score(qmodel, x, y, maps, seed=3)
+    other = sensitivity_score(qmodel, x, y, seed=4), infidelity_score(qmodel, x, y, maps, seed=4)
+    for a, b, c in zip(first, again, other, strict=True):
+        assert a.shape == (3,) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sensitivity_perturbs_within_its_radius_uniformly():
+    """The perturbation is Captum's: uniform in the L-infinity ball of ``radius``."""
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return x.flatten(1)[:, :3] * 1.0
+
+    x, y = torch.zeros(2, 1, 16, 16), torch.tensor([0, 1])
+    sensitivity_score(Spy(), x, y, radius=0.05, n_perturb_samples=4)
+    noise = torch.cat([t for t in seen if t.shape[0] == 8])  # the 4 perturbations per image
+    assert noise.abs().max() <= 0.05 and noise.abs().max() > 0.049
+    assert abs(noise.mean().item()) < 0.002 and noise.std().item() == pytest.approx(
+        0.05 / 3**0.5, rel=0.03
+    )
 
 
 @pytest.mark.parametrize("method", ["GuidedBackprop", "DeepLift"])

@@ -78,15 +78,19 @@ def infidelity_score(
     maps: Tensor,
     noise_std: float = 0.1,
     n_perturb_samples: int = 8,
+    seed: int = 0,
 ) -> Tensor:
     """Captum's ``infidelity`` per image (lower is better), with Gaussian perturbations.
 
     Attributions are rescaled to their best fit (``normalize=True``), so models whose maps have
-    different scales compare fairly.
+    different scales compare fairly. The noise comes from its own generator seeded by ``seed``:
+    the same call gives the same number, and models scored with one seed see the same noise.
     """
+    generator = torch.Generator().manual_seed(seed)
 
     def perturb(inputs: Tensor) -> tuple[Tensor, Tensor]:
-        noise = torch.randn_like(inputs) * noise_std
+        draw = torch.randn(inputs.shape, generator=generator, dtype=torch.float32)
+        noise = draw.to(device=inputs.device, dtype=inputs.dtype) * noise_std
         return noise, inputs - noise
 
     with torch.no_grad(), eval_mode(model):
@@ -108,14 +112,31 @@ def sensitivity_score(
     method: str = "Saliency",
     radius: float = 0.02,
     n_perturb_samples: int = 8,
+    seed: int = 0,
     **kwargs: Any,
 ) -> Tensor:
-    """Captum's ``sensitivity_max`` per image: how much the map moves under small input noise."""
+    """Captum's ``sensitivity_max`` per image: how much the map moves under small input noise.
+
+    The noise is uniform in the L-infinity ball of ``radius`` (Captum's default), drawn from
+    its own generator seeded by ``seed``, not from the global one: the same call gives the same
+    number, and models scored with one seed see the same perturbations.
+    """
+    generator = torch.Generator().manual_seed(seed)
+
+    def perturb(inputs: Tensor, perturb_radius: float) -> tuple[Tensor]:
+        # Captum hands one input over as a tensor and passes what this returns to explain()
+        draw = torch.empty(inputs.shape).uniform_(-1, 1, generator=generator) * perturb_radius
+        return (inputs + draw.to(device=inputs.device, dtype=inputs.dtype),)
 
     def explain(inputs: tuple[Tensor], target: Tensor) -> tuple[Tensor]:
         # Captum passes the inputs as a tuple and expects the explanations in the same form.
         return (attribute(model, inputs[0], target, method, **kwargs),)
 
     return sensitivity_max(
-        explain, x, target=target, perturb_radius=radius, n_perturb_samples=n_perturb_samples
+        explain,
+        x,
+        perturb_func=perturb,
+        target=target,
+        perturb_radius=radius,
+        n_perturb_samples=n_perturb_samples,
     ).detach()

@@ -65,7 +65,8 @@ def explanation_suite(
         noise: ROAD's imputation noise (input units).
         mprt_images: MPRT runs on this many of the first images (all when None).
         sensitivity_samples: perturbations of ``sensitivity_max``.
-        seed: seeds every ranking's tie-breaking, the random rankings and the noise.
+        seed: seeds every ranking's tie-breaking, the random rankings and the noise (ROAD's
+            imputation and sensitivity_max's perturbations, batch ``i`` with ``seed + i``).
 
     Returns:
         The numbers by metric, and ``seconds``: the time each metric took.
@@ -77,7 +78,7 @@ def explanation_suite(
     kept: list[tuple[Tensor, Tensor]] = []
     kwargs = dict(method=method, **attribution_kwargs)
     with eval_mode(model):
-        for x, y in batches:
+        for number, (x, y) in enumerate(batches):
             with _timer(seconds, "saliency"):
                 with torch.no_grad():
                     predicted = model(x).argmax(1)
@@ -98,7 +99,12 @@ def explanation_suite(
                 per_image["random_logit"].append(torch.tensor(rl["per_image"]))
             with _timer(seconds, "sensitivity_max"):
                 score = sensitivity_score(
-                    model, x, predicted, n_perturb_samples=sensitivity_samples, **kwargs
+                    model,
+                    x,
+                    predicted,
+                    n_perturb_samples=sensitivity_samples,
+                    seed=seed + number,
+                    **kwargs,
                 )
                 per_image["sensitivity_max"].append(score.float().cpu())
             kept.append((x, predicted))

@@ -64,7 +64,8 @@ def compare_views(
     """Attribute each view's ``y`` logits to ``x`` and compare.
 
     Per pair: Spearman rank correlation and top-10% overlap of the maps. Per view: Gini
-    sparseness and, with ``fidelity``, Captum's infidelity and sensitivity_max.
+    sparseness and, with ``fidelity``, Captum's infidelity and sensitivity_max, every view
+    perturbed by the same seeded noise (so two views of one model get the same numbers).
 
     Raises:
         ValueError: a method that cannot explain these models (GuidedBackprop, DeepLift on a
