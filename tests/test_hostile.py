@@ -349,19 +349,71 @@ def test_export_names_the_data_it_needs_and_the_formats_that_need_none(
         assert f"format {format}" in capsys.readouterr().out
 
 
-def test_overwrite_removes_everything_of_the_old_run(tmp_path):
+def test_overwrite_removes_the_old_run_and_its_outputs_and_keeps_the_users_files(tmp_path):
     recipe = Recipe.model_validate(tiny(tmp_path / "run"))
     train(recipe)
-    (tmp_path / "run" / "model.onnx").write_bytes(b"old export")
-    (tmp_path / "run" / "figures").mkdir()
-    (tmp_path / "run" / "figures" / "alpha.png").write_bytes(b"old figure")
+    run = tmp_path / "run"
+    (run / "model.onnx").write_bytes(b"old export")  # made from the old model: stale
+    (run / "sensitivity").mkdir()
+    (run / "sensitivity" / "sensitivity.json").write_text("{}")
+    (run / "figures").mkdir()  # the user's own
+    (run / "figures" / "alpha.png").write_bytes(b"user figure")
+    (run / "notes.txt").write_text("mine")
     train(recipe, overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+    assert sorted(p.name for p in run.iterdir()) == [
         "best.pt",
+        "figures",
         "last.pt",
         "metrics.jsonl",
+        "notes.txt",
         "recipe.yaml",
     ]
+    assert (run / "figures" / "alpha.png").read_bytes() == b"user figure"
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("flag", [["--overwrite"], []])
+def test_a_folder_of_the_users_files_is_never_emptied_or_written_over(
+    tmp_path, monkeypatch, capsys, flag
+):
+    # The reported case: output.dir is ".", which holds a thesis and the recipe itself.
+    monkeypatch.chdir(tmp_path)
+    Path("thesis.tex").write_text("\\documentclass{article}")
+    Path("recipe.yaml").write_text(yaml.safe_dump(tiny(Path("."))))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(["train", "recipe.yaml", *flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "recipe.yaml, which no run wrote" in err and "--set output.dir=PATH" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_overwrite_refuses_a_folder_that_holds_no_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("chapter 1")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny(out)))
+    assert main(["train", str(recipe), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no run and holds thesis.tex; nothing was removed" in err
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    # without --overwrite a run may share a folder with other files: it writes only its own
+    assert main(["train", str(recipe)]) == 0
+    assert (out / "thesis.tex").read_text() == "chapter 1" and (out / "last.pt").exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_a_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    train(Recipe.model_validate(tiny(out)))
+    for name in ("last.pt", "best.pt"):
+        (out / name).unlink()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny(out)))
+    assert main(["train", str(recipe)]) == 2
+    assert "holds the start of a run" in capsys.readouterr().err
+    assert main(["train", str(recipe), "--overwrite"]) == 0
+    assert (out / "last.pt").exists()
 
 
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, capsys):

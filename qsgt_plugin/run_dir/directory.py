@@ -6,23 +6,34 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from qsgt_plugin.errors import RunDirError, RunExistsError, RunLockedError
 from qsgt_plugin.recipe import Recipe, save_recipe
 from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["LOCK_ENV", "RunDir", "read_metrics"]
+__all__ = ["DERIVED_FILES", "LOCK_ENV", "RUN_FILES", "RunDir", "read_metrics"]
 
 log = logging.getLogger(__name__)
 
 LOCK_ENV = "QSGT_RUN_LOCK_HELD"
 """Set by ``qsgt train --nproc``, whose launcher holds the lock for its ranks."""
+
+
+RUN_FILES = frozenset({"recipe.yaml", "metrics.jsonl", "last.pt", "best.pt"})
+"""What ``qsgt train`` writes into a run directory (with its ``.lock``)."""
+
+DERIVED_FILES = frozenset({"model.onnx", "alpha.png", "mixed-precision.yaml"})
+"""What the other commands write into a run directory by default; stale once it is replaced."""
+
+SENSITIVITY_FILES = ("sensitivity.json", "sensitivity.png", "sensitivity.md")
+"""``qsgt sensitivity``'s default output folder ``RUN/sensitivity``."""
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -56,9 +67,22 @@ class RunDir:
 
     @staticmethod
     def check(path: Path, resume: bool, overwrite: bool) -> None:
-        """Whether ``path`` can take this run, without touching the disk."""
+        """Whether ``path`` can take this run, without touching the disk.
+
+        ``overwrite`` replaces a run, never anything else: a folder that holds no run but holds
+        other files is refused, and a file with a run file's name that no run wrote (a user's
+        own ``recipe.yaml``) is never written over.
+        """
         if resume and overwrite:
             raise RunDirError("--resume and --overwrite contradict each other; choose one")
+        for parent in (path, *path.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise RunDirError(
+                        f"cannot write the run to {path}: {parent} is a file. Choose another "
+                        "folder with --set output.dir=PATH"
+                    )
+                break
         holds_run = (path / "last.pt").exists()
         if resume and not holds_run:
             raise RunDirError(
@@ -69,14 +93,29 @@ class RunDir:
                 f"{path} already holds a run. Continue it with --resume, start over with "
                 "--overwrite, or write elsewhere with --set output.dir=PATH"
             )
-        for parent in (path, *path.parents):
-            if parent.exists():
-                if not parent.is_dir():
-                    raise RunDirError(
-                        f"cannot write the run to {path}: {parent} is a file. Choose another "
-                        "folder with --set output.dir=PATH"
-                    )
-                break
+        if holds_run or not path.is_dir():
+            return
+        if _is_run_recipe(path / "recipe.yaml"):  # a run stopped before its first checkpoint
+            if not overwrite:
+                raise RunExistsError(
+                    f"{path} holds the start of a run (recipe.yaml, no checkpoint yet). Start "
+                    "over with --overwrite, or write elsewhere with --set output.dir=PATH"
+                )
+            return
+        others = sorted(e.name for e in path.iterdir() if e.name != ".lock")
+        clashing = [name for name in others if name in RUN_FILES]
+        if clashing:
+            raise RunDirError(
+                f"{path} holds {', '.join(clashing)}, which no run wrote; a run would write over "
+                "it. Write the run elsewhere with --set output.dir=PATH"
+            )
+        if overwrite and others:
+            more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+            shown = ", ".join(others[:5]) + more
+            raise RunDirError(
+                f"--overwrite replaces a run, but {path} holds no run and holds {shown}; nothing "
+                "was removed. Write the run to an empty folder with --set output.dir=PATH"
+            )
 
     @contextmanager
     def open(self, resume: bool, overwrite: bool) -> Iterator[RunDir]:
@@ -136,14 +175,21 @@ class RunDir:
             os.close(fd)
 
     def _clear(self) -> None:
-        """Remove everything of the previous run (checkpoints, logs, exports, figures)."""
-        for entry in self.path.iterdir():
-            if entry.name == ".lock":
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        """Remove the previous run: its own files and the outputs made from it at their default
+        names (they describe the old model). Anything else in the folder stays, and is named."""
+        for name in RUN_FILES | DERIVED_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for stale in self.path.glob(".*.pt.*.tmp"):  # a checkpoint write a kill cut short
+            stale.unlink()
+        sensitivity = self.path / "sensitivity"
+        if sensitivity.is_dir() and not sensitivity.is_symlink():
+            for name in SENSITIVITY_FILES:
+                (sensitivity / name).unlink(missing_ok=True)
+            if not any(sensitivity.iterdir()):
+                sensitivity.rmdir()
+        kept = sorted(e.name for e in self.path.iterdir() if e.name != ".lock")
+        if kept:
+            log.warning("%s: --overwrite kept what no run wrote: %s", self.path, ", ".join(kept))
 
     def resume_payload(self) -> dict[str, Any]:
         return load_checkpoint(self.path / "last.pt")
@@ -173,6 +219,19 @@ class RunDir:
     def save(self, name: str, payload: dict[str, Any]) -> None:
         if self.writer:
             save_checkpoint(payload, self.path / name)
+
+
+def _is_run_recipe(path: Path) -> bool:
+    """Whether ``path`` is a resolved recipe as ``qsgt train`` saves it (not a user's own)."""
+    if not path.is_file():
+        return False
+    try:
+        data = yaml.safe_load(path.read_text())
+        Recipe.model_validate(data)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError):
+        return False
+    # A saved recipe spells out every section; a user's recipe states only its differences.
+    return isinstance(data, dict) and set(Recipe.model_fields) <= set(data)
 
 
 def _read(path: Path) -> str:
