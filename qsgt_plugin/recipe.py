@@ -17,7 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from qsgt_plugin.common.files import atomic_output
 from qsgt_plugin.errors import RecipeError
 
-__all__ = ["Recipe", "RecipeError", "apply_overrides", "load_recipe", "parse_recipe", "save_recipe"]
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "apply_overrides",
+    "load_recipe",
+    "parse_recipe",
+    "parse_run_recipe",
+    "save_recipe",
+]
 
 
 class _Section(BaseModel):
@@ -312,6 +320,18 @@ def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
         problems = [_describe(error) for error in exc.errors()]
     lines = "\n".join(f"  - {p}" for p in problems)
     raise RecipeError(f"invalid recipe {source}:\n{lines}")
+
+
+LEGACY_TRAIN = {"precision": "fp32", "channels_last": False}
+"""What a run trained before these keys existed (2026-12-02) did: float32, contiguous memory.
+A saved recipe without them means that, not today's ``auto``."""
+
+
+def parse_run_recipe(data: dict, source: str = "the checkpoint") -> Recipe:
+    """Validate the recipe a run saved, reading a key it predates as what that run did."""
+    if isinstance(data, dict) and isinstance(data.get("train", {}), dict):
+        data = {**data, "train": {**LEGACY_TRAIN, **data.get("train", {})}}
+    return parse_recipe(data, source=source)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -137,3 +137,23 @@ def test_groups_of_one_label_are_told_apart_by_what_differs(tmp_path):
         "fp32 (optim.lr=0.05)",
         "fp32 (train.precision=bf16)",
     ]
+
+
+def test_a_run_saved_before_the_precision_keys_pools_with_a_new_seed_pinned_to_what_it_ran():
+    # The shipped MNIST seeds 0-2 predate train.precision and train.channels_last (they ran
+    # float32, contiguous); new seeds of the pre-registration pin those values. One group.
+    from qsgt_plugin.recipe import parse_run_recipe
+    from qsgt_plugin.run_dir import load_run
+
+    shipped = Path(__file__).resolve().parents[1] / "results/mnist/mnist-w4a4-sgt-s0"
+    old = load_run(shipped)
+    assert (old.recipe.train.precision, old.recipe.train.channels_last) == ("fp32", False)
+    data = old.recipe.model_dump(mode="json")
+    data["train"].update(seed=3, precision="fp32", channels_last=False)
+    new = parse_run_recipe(data)
+    groups = group_runs([old, run(Path("mnist-w4a4-sgt-s3"), new)])
+    assert [g.seeds for g in groups] == [[0, 3]]
+    # a saved recipe that states its precision keeps it: bf16 is another group
+    data["train"].update(seed=4, precision="bf16")
+    groups = group_runs([old, run(Path("mnist-w4a4-sgt-s4"), parse_run_recipe(data))])
+    assert [g.seeds for g in groups] == [[0], [4]]

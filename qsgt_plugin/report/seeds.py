@@ -25,7 +25,7 @@ from qsgt_plugin.attribution.faithfulness import auc
 from qsgt_plugin.attribution.results import SuiteResult
 from qsgt_plugin.attribution.stats import summarise
 from qsgt_plugin.errors import QsgtError, UsageError
-from qsgt_plugin.recipe import Recipe, parse_recipe
+from qsgt_plugin.recipe import Recipe, parse_run_recipe
 from qsgt_plugin.report.statistics import ALPHA, hedges_g, hierarchical_bootstrap, holm, welch
 from qsgt_plugin.run_dir import Run
 from qsgt_plugin.run_dir.checkpoint import load_checkpoint
@@ -111,7 +111,7 @@ def _source_recipe(recipe: Recipe) -> Recipe | None:
     """The recipe of the run ``model.init_from`` names, or None where it cannot be read."""
     try:
         payload = load_checkpoint(find_checkpoint(recipe.model.init_from))
-        return parse_recipe(payload["recipe"], source=str(recipe.model.init_from))
+        return parse_run_recipe(payload["recipe"], source=str(recipe.model.init_from))
     except (QsgtError, KeyError, TypeError):
         return None
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from qsgt_plugin.errors import CheckpointError, RecipeError, RunError
 from qsgt_plugin.plugins import get_registry
-from qsgt_plugin.recipe import Recipe, apply_overrides, parse_recipe
+from qsgt_plugin.recipe import Recipe, apply_overrides, parse_run_recipe
 from qsgt_plugin.run_dir.checkpoint import load_checkpoint
 from qsgt_plugin.run_dir.directory import read_metrics
 from qsgt_plugin.training.build import build_model, example_batch, make_loader
@@ -210,7 +210,7 @@ def load_run(path: str | Path, data_root: str | None = None) -> Run:
     payload = load_checkpoint(file)
     extra = [f"data.root={data_root}"] if data_root else []
     try:
-        recipe = parse_recipe(apply_overrides(payload["recipe"], extra), source=str(file))
+        recipe = parse_run_recipe(apply_overrides(payload["recipe"], extra), source=str(file))
     except RecipeError as exc:
         raise CheckpointError(f"{file} holds a recipe this version cannot read: {exc}") from None
     model = model_from_checkpoint(payload).eval()
