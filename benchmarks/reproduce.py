@@ -44,11 +44,23 @@ from qsgt_plugin.training.loop import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+VARIANTS = ("w4a4-sgt", "fp32-sgt", "w4a4", "fp32")
+# What the seeds of the study's table ran, pinned so that a new seed pools with them on any
+# machine (`auto` resolves by the processor): the MNIST seeds predate train.precision and
+# train.channels_last and ran float32, contiguous; the CIFAR-10 CPU seeds recorded bf16
+# autocast and channels-last.
+SEED_SETTINGS = {
+    "mnist": ["train.precision=fp32", "train.channels_last=false"],
+    "cifar10-cpu": ["train.precision=bf16", "train.channels_last=true"],
+}
+
+
 def _experiments() -> dict[str, tuple[str, list[str]]]:
     out = {}
     for dataset in ("mnist", "cifar10"):
-        for variant in ("fp32", "w4a4", "fp32-sgt", "w4a4-sgt"):
-            out[f"{dataset}-{variant}"] = (f"recipes/{dataset}-resnet20-{variant}.yaml", [])
+        pins = SEED_SETTINGS["mnist"] if dataset == "mnist" else []
+        for variant in VARIANTS:
+            out[f"{dataset}-{variant}"] = (f"recipes/{dataset}-resnet20-{variant}.yaml", pins)
         for bits in (2, 3, 8):
             out[f"{dataset}-w{bits}a{bits}-sgt"] = (
                 f"recipes/{dataset}-resnet20-w4a4-sgt.yaml",
@@ -62,12 +74,13 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
     # seed ("{seed}" is filled in), PACT + SGT at other widths from the seed-0 parent, and W4A4
     # + SGT from scratch for as many epochs as the parent and a fine-tuning together.
     parent = "recipes/cifar10-resnet20-fp32-cpu.yaml"
-    out["cifar10-fp32-cpu"] = (parent, [])
+    pins = SEED_SETTINGS["cifar10-cpu"]
+    out["cifar10-fp32-cpu"] = (parent, pins)
     init = "model.init_from=results/cifar10/cifar10-fp32-cpu-s{seed}"
     # fp32-ft is fp32-sgt-ft's control: the same epochs from the same parent, without SGT.
-    for variant in ("w4a4", "w4a4-sgt", "fp32-sgt", "fp32"):
+    for variant in VARIANTS:
         recipe = f"recipes/finetune/cifar10-resnet20-{variant}-finetune.yaml"
-        out[f"cifar10-{variant}-ft"] = (recipe, [init])
+        out[f"cifar10-{variant}-ft"] = (recipe, [init, *pins])
     for bits in (2, 3, 8):
         out[f"cifar10-w{bits}a{bits}-sgt-ft"] = (
             "recipes/finetune/cifar10-resnet20-w4a4-sgt-finetune.yaml",
@@ -105,9 +118,9 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
 EXPERIMENTS = _experiments()
 # The study's table: every variant over three seeds, the other bit widths with seed 0; seed by
 # seed, so that an interrupted table has whole seeds.
-TABLE = [
-    (f"{{d}}-{v}", seed) for seed in (0, 1, 2) for v in ("w4a4-sgt", "fp32-sgt", "w4a4", "fp32")
-] + [(f"{{d}}-w{b}a{b}-sgt", 0) for b in (2, 3, 8)]
+TABLE = [(f"{{d}}-{v}", seed) for seed in (0, 1, 2) for v in VARIANTS] + [
+    (f"{{d}}-w{b}a{b}-sgt", 0) for b in (2, 3, 8)
+]
 # CIFAR-10 on the CPU, in the order that gives whole seeds first: each seed's float parent, then
 # its fine-tunings; then the other widths from the seed-0 parent and the from-scratch run.
 CPU_TABLE = (
@@ -125,6 +138,15 @@ CPU_TABLE = (
     + [(f"cifar10-w{b}a{b}-sgt-ft", 0) for b in (2, 3, 8)]
     + [("cifar10-w4a4-sgt-scratch", 0)]
 )
+# The pre-registered replication (reports/preregistration.md), one run at a time in this order:
+# MNIST's four variants for seeds 3-8 (9 seeds a group), then CIFAR-10's parent and its four
+# fine-tunings for seeds 3 and 4 (5 seeds a group). Whole seeds first, so a stop leaves whole
+# seeds.
+PREREGISTERED = [(f"mnist-{v}", seed) for seed in range(3, 9) for v in VARIANTS] + [
+    (name, seed)
+    for seed in (3, 4)
+    for name in ("cifar10-fp32-cpu", *(f"cifar10-{v}-ft" for v in VARIANTS))
+]
 QUICK = [
     "train.max_steps=3",
     "train.epochs=1",
@@ -184,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="train.seed of the named runs (0)")
     parser.add_argument(
         "--table",
-        choices=["mnist", "cifar10", "cifar10-cpu"],
+        choices=["mnist", "cifar10", "cifar10-cpu", "preregistered"],
         help="every row of a table (cifar10: the papers' GPU schedule; cifar10-cpu: a float "
-        "parent per seed and fine-tunings from it)",
+        "parent per seed and fine-tunings from it; preregistered: the replication's new seeds)",
     )
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--quick", action="store_true", help="3 steps on a few images (CI)")
@@ -205,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # as `qsgt train` does: evaluations reuse freed memory
     if args.table == "cifar10-cpu":
         jobs = list(CPU_TABLE)
+    elif args.table == "preregistered":
+        jobs = list(PREREGISTERED)
     else:
         jobs = [(n.format(d=args.table), s) for n, s in TABLE] if args.table else []
     jobs += [(name, args.seed) for name in args.experiments]
