@@ -192,8 +192,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML recipe (and the recipes it builds on), apply overrides and validate.
 
     A recipe may name another as ``base: other.yaml`` (relative to its own folder) and state
-    only its differences: sections merge key by key, the recipe's own values win, a list is
-    replaced whole. Bases may have bases; the run's ``recipe.yaml`` is the resolved whole.
+    only its differences: sections merge key by key, the recipe's own values win, and a
+    setting's value (a list, or a mapping such as ``model.kwargs``) replaces the base's whole,
+    so ``quant: {overrides: {}}`` clears the base's overrides. Bases may have bases; the run's
+    ``recipe.yaml`` is the resolved whole.
     """
     path = Path(path)
     data = _read_with_bases(path, ())
@@ -231,15 +233,29 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     return _merge(_read_with_bases(base_path, (*chain, path.resolve())), data)
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` on top, section by section (plain data, new objects)."""
+def _merge(base: dict, changes: dict, schema: type[BaseModel] | None = Recipe) -> dict:
+    """``base`` with ``changes`` on top (plain data, new objects).
+
+    Sections (``quant:``, ``train:``) merge key by key. A setting's value replaces the base's
+    whole, whatever its type: a list, and a mapping setting too (``model.kwargs``,
+    ``quant.overrides``, ``sgt.attribution_kwargs``), so ``overrides: {}`` clears the base's.
+    """
     out = dict(base)
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        section = _section_type(schema, key)
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and section is not None:
+            out[key] = _merge(out[key], value, section)
         else:
             out[key] = value
     return out
+
+
+def _section_type(schema: type[BaseModel] | None, key: str) -> type[BaseModel] | None:
+    """The section model ``key`` names in ``schema``, None for a setting (or an unknown key,
+    which validation then refuses)."""
+    field = schema.model_fields.get(key) if schema is not None else None
+    kind = field.annotation if field is not None else None
+    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
 
 
 def _read(path: Path) -> dict:
@@ -251,6 +267,7 @@ def _read(path: Path) -> dict:
         raise RecipeError(f"cannot read recipe {path}: {exc}") from None
     try:
         data = yaml.safe_load(text)
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path} is not valid YAML: {exc}") from None
     if data is None:
@@ -259,6 +276,34 @@ def _read(path: Path) -> dict:
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     _check_size(data, str(path))
     return data
+
+
+def _refuse_duplicate_keys(root: yaml.Node | None, source: str, prefix: str = "") -> None:
+    """YAML keeps the last of two equal keys and drops the first silently; refuse instead,
+    naming the key's path and both lines."""
+    stack: list[tuple[yaml.Node, str]] = [(root, prefix)] if root is not None else []
+    seen: set[int] = set()  # an alias is the same node: walked once
+    while stack:
+        node, where = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(node.value))
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else repr(key.value)
+            path = f"{where}.{name}" if where else name
+            line = key.start_mark.line + 1
+            if name in lines and name != "<<":
+                raise RecipeError(
+                    f"{source}: {_printable(path)} is given twice (lines {lines[name]} and "
+                    f"{line}); YAML would keep only the last. Remove one"
+                )
+            lines[name] = line
+            stack.append((value, path))
 
 
 MAX_VALUES = 10_000
@@ -296,6 +341,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             raise RecipeError(f"--set expects key.path=value, got {item!r}")
         try:
             value = yaml.safe_load(raw)
+            _refuse_duplicate_keys(yaml.compose(raw, Loader=yaml.SafeLoader), "--set", key)
         except yaml.YAMLError:
             value = raw
         _check_size(value, f"--set {key}")

@@ -71,6 +71,14 @@ def alias_bomb(tmp_path: Path) -> str:
     return str(path)
 
 
+def twice(tmp_path: Path) -> str:
+    """A recipe whose quant section is given twice (YAML would train the second silently)."""
+    path = tmp_path / "twice.yaml"
+    text = yaml.safe_dump(tiny(tmp_path / "run"))
+    path.write_text(text + "quant: {weight_bits: 2}\nquant: {weight_bits: 4}\n")
+    return str(path)
+
+
 def crafted_checkpoint(tmp_path: Path, runs: dict, **kwargs) -> str:
     payload = load_checkpoint(runs["fp32"] / "last.pt")
     payload["model_config"] = {**payload["model_config"], "kwargs": kwargs}
@@ -159,6 +167,16 @@ CASES = [
         "an output folder under a regular file",
         lambda t, r: ["train", QUICKSTART, "--set", f"output.dir={a_file(t)}/run"],
         r"cannot write the run to .*a-file/run: .*a-file is a file",
+    ),
+    (
+        "a section given twice",
+        lambda t, r: ["train", twice(t)],
+        r"twice\.yaml: quant is given twice \(lines \d+ and \d+\); YAML would keep only the last",
+    ),
+    (
+        "a key given twice in --set",
+        lambda t, r: ["train", write_recipe(t), "--set", "optim={lr: 0.01, lr: 1.0}"],
+        r"--set: optim\.lr is given twice",
     ),
     (
         "a YAML alias bomb",

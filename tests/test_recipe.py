@@ -315,3 +315,76 @@ def test_the_shipped_variants_build_on_a_base_and_resolve_in_full(tmp_path):
     written = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
     assert "base" not in written and written["sgt"]["mask_fraction"] == 0.5
     assert load_recipe(tmp_path / "recipe.yaml") == recipe
+
+
+def _mapping_settings() -> list[tuple[str, str]]:
+    """Every setting of the schema whose value is a mapping, as (section, key)."""
+    out = []
+    for section, field in Recipe.model_fields.items():
+        for key, setting in getattr(field.annotation, "model_fields", {}).items():
+            if getattr(setting.annotation, "__origin__", None) is dict:
+                out.append((section, key))
+    return out
+
+
+# a value each mapping setting validates with
+MAPPING_VALUES = {
+    ("model", "kwargs"): {"in_chans": 1, "shortcut": "B"},
+    ("quant", "overrides"): {"stem*": {"weight_bits": 8}},
+    ("sgt", "attribution_kwargs"): {"n_steps": 8},
+}
+
+
+def test_every_mapping_setting_is_listed_here():
+    assert sorted(_mapping_settings()) == sorted(MAPPING_VALUES)
+
+
+@pytest.mark.parametrize("section,key", sorted(MAPPING_VALUES))
+def test_a_child_recipe_replaces_a_mapping_setting_whole_and_empty_clears_it(
+    tmp_path, section, key
+):
+    base = {section: {key: MAPPING_VALUES[section, key]}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"base": "base.yaml", section: {key: {}}}))
+    assert getattr(getattr(load_recipe(child), section), key) == {}
+    # a non-empty mapping replaces the base's too: no key of the base's survives
+    one = dict([next(iter(MAPPING_VALUES[section, key].items()))])
+    other = {**one} if len(MAPPING_VALUES[section, key]) > 1 else {}
+    child.write_text(yaml.safe_dump({"base": "base.yaml", section: {key: other}}))
+    assert getattr(getattr(load_recipe(child), section), key) == other
+    # sections themselves still merge: the base's setting stays where the child is silent
+    child.write_text(yaml.safe_dump({"base": "base.yaml", section: {}}))
+    assert getattr(getattr(load_recipe(child), section), key) == MAPPING_VALUES[section, key]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("optim: {lr: 0.01, lr: 1.0}\n", r"optim\.lr is given twice \(lines 1 and 1\)"),
+        (
+            "quant:\n  weight_bits: 4\ndata: {dataset: mnist}\nquant:\n  weight_bits: 2\n",
+            r"quant is given twice \(lines 1 and 4\)",
+        ),
+        (
+            "quant:\n  overrides:\n    'stem*': {weight_bits: 8, weight_bits: 2}\n",
+            r"quant\.overrides\.stem\*\.weight_bits is given twice",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused_with_its_path(tmp_path, text, message):
+    with pytest.raises(RecipeError, match=message + r".*YAML would keep only the last"):
+        load_recipe(write(tmp_path, text))
+
+
+def test_a_key_given_twice_in_a_set_value_is_refused():
+    with pytest.raises(RecipeError, match=r"--set: quant\.bits is given twice"):
+        apply_overrides({}, ["quant={bits: 1, bits: 2}"])
+
+
+def test_yaml_merge_keys_and_aliases_are_not_duplicates(tmp_path):
+    text = "x: &d {lr: 0.05}\noptim:\n  <<: *d\n  momentum: 0.8\n"
+    data = yaml.safe_load(text)
+    data.pop("x")
+    path = write(tmp_path, yaml.safe_dump(data))
+    assert load_recipe(path).optim.lr == 0.05
