@@ -31,7 +31,14 @@ from qsgt_plugin.sgt.masking import (
 )
 from qsgt_plugin.sgt.saliency import attribute, make_attribution
 
-__all__ = ["FUSED_METHODS", "REDUCTIONS", "SaliencyGuidedTraining", "fused_input", "reduction_of"]
+__all__ = [
+    "FUSED_METHODS",
+    "REDUCTIONS",
+    "SaliencyGuidedTraining",
+    "check_targets",
+    "fused_input",
+    "reduction_of",
+]
 
 # Attributions the fused path can read off the clean forward's input gradient.
 FUSED_METHODS = ("Saliency", "InputXGradient")
@@ -109,16 +116,23 @@ class SaliencyGuidedTraining:
         return self.kl_weight > 0 and self.mask_fraction > 0
 
     def saliency(
-        self, x: Tensor, y: Tensor, select: Callable[[Any], Tensor] | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        select: Callable[[Any], Tensor] | None = None,
+        call: Callable[[Tensor], Any] | None = None,
     ) -> Tensor:
         """``(N, H, W)`` saliency of the target logits from a Captum pass in eval mode.
 
-        ``select`` picks the logits out of a tuple or dict output.
+        ``select`` picks the logits out of a tuple or dict output; ``call`` runs the model on
+        an input it takes by keyword.
         """
         # On the module inside a DDP wrapper: an extra forward through the wrapper would
         # prepare a gradient reduction that this input-only backward never completes.
         model = unwrap(self.model)
-        maps = attribute(model, x, y, self.attribution, select=select, **self.attribution_kwargs)
+        maps = attribute(
+            model, x, y, self.attribution, select=select, call=call, **self.attribution_kwargs
+        )
         return reduce_saliency(maps, self.signed)
 
     def mask(self, x: Tensor, y: Tensor, saliency: Tensor | None = None) -> Tensor:
@@ -144,6 +158,12 @@ class SaliencyGuidedTraining:
         if self.fused and self.active:
             x = fused_input(x)
         logits = self.model(x)
+        if not isinstance(logits, Tensor):
+            raise TypeError(
+                f"SaliencyGuidedTraining.loss needs a model that returns its logits as a "
+                f"tensor; this one returns a {type(logits).__name__}. Use register_sgt(model, "
+                "criterion), which follows the logits out of a tuple, dict or dataclass output"
+            )
         _check_labels(y, logits)
         ce = criterion(logits.float(), y)  # under bf16 autocast the logits are bf16
         if not self.active:
@@ -175,13 +195,15 @@ class SaliencyGuidedTraining:
         logits: Tensor,
         reduction: str = "mean",
         select: Callable[[Any], Tensor] | None = None,
+        call: Callable[[Tensor], Any] | None = None,
     ) -> Tensor:
         """``kl_weight * KL(p(x) || p(x_masked))`` given the clean forward's logits.
 
         ``reduction`` over the batch: ``mean`` (per-sample KL averaged), ``sum`` or ``none``;
-        ``select`` picks the logits out of the model's output where it is a tuple or a dict.
+        ``select`` picks the logits out of the model's output where it is a tuple or a dict;
+        ``call`` runs the model on an input (default ``model(x)``), as the loop called it.
         """
-        _check_labels(y, logits)
+        check_targets(y, logits)
         if self.fused:
             if not x.requires_grad:
                 raise ValueError(
@@ -192,8 +214,8 @@ class SaliencyGuidedTraining:
             maps = grad * x.detach() if self.attribution == "InputXGradient" else grad
             saliency = reduce_saliency(maps, self.signed)
         else:
-            saliency = self.saliency(x, y, select)
-        masked_logits = self.model(self.masked_input(x, y, saliency))
+            saliency = self.saliency(x, y, select, call)
+        masked_logits = (call or self.model)(self.masked_input(x, y, saliency))
         if select is not None:
             masked_logits = select(masked_logits)
         # In float32 whatever autocast made of the logits: log_softmax stays bf16 on the CPU.
@@ -235,10 +257,40 @@ def fused_input(x: Tensor) -> Tensor:
     return x if x.requires_grad else x.detach().requires_grad_()
 
 
+def check_targets(y: Any, logits: Tensor) -> None:
+    """SGT explains each sample's class: ``y`` holds class indices, one per sample.
+
+    Raises:
+        ValueError: ``y`` is not an integer tensor shaped ``(N,)`` (multi-label, regression
+            or probability targets), or holds an index outside the classes (``ignore_index``).
+    """
+    n = logits.shape[0]
+    if (
+        not isinstance(y, Tensor)
+        or y.shape != (n,)
+        or y.is_floating_point()
+        or y.is_complex()
+        or y.dtype == torch.bool
+    ):
+        got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(
+            f"SGT needs class-index targets, an integer tensor shaped ({n},) with values in "
+            f"0..{logits.shape[1] - 1}, got {got}. Multi-label, regression and probability "
+            "targets name no class whose saliency SGT could follow"
+        )
+    _check_labels(y, logits)
+
+
 def _check_labels(y: Tensor, logits: Tensor) -> None:
     """Labels in ``0 .. classes - 1``; checked on the CPU only (on a GPU it would sync)."""
     if y.device.type == "cpu" and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+        hint = (
+            " (a label the criterion ignores, ignore_index, names no class for SGT to explain: "
+            "leave those samples out of the batch)"
+            if int(y.min()) < 0
+            else ""
+        )
         raise ValueError(
             f"labels must be class indices in 0..{logits.shape[1] - 1}, "
-            f"got {int(y.min())}..{int(y.max())}"
+            f"got {int(y.min())}..{int(y.max())}{hint}"
         )

@@ -81,11 +81,13 @@ def attribute(
     target: Tensor,
     method: str = "Saliency",
     select: Callable[[Any], Tensor] | None = None,
+    call: Callable[[Tensor], Any] | None = None,
     **kwargs: Any,
 ) -> Tensor:
     """Attributions of ``model``'s ``target`` logit to ``x``, shaped like ``x``, signed.
 
-    ``select`` picks the logits out of a model whose output is a tuple or a dict.
+    ``select`` picks the logits out of a model whose output is a tuple or a dict; ``call``
+    runs ``model`` on an input where ``model(x)`` would not (the input passed by keyword).
 
     Example::
 
@@ -98,7 +100,8 @@ def attribute(
         >>> attribute(model, images, labels, "IntegratedGradients", n_steps=16).shape
         torch.Size([2, 3, 2, 2])
     """
-    forward = (lambda inputs: select(model(inputs))) if select is not None else None
+    run = call or model
+    forward = (lambda inputs: select(run(inputs))) if select is not None else call
     explainer = make_attribution(model, method, forward)
     kwargs = {**_DEFAULT_KWARGS.get(method, {}), **kwargs}
     with eval_mode(model), frozen_parameters(model):
