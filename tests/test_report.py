@@ -227,11 +227,31 @@ def test_a_copied_run_is_not_a_second_seed(cifar_runs, tmp_path, capsys):
 
 
 def test_an_offset_past_the_test_split_is_refused(cifar_runs, tmp_path, capsys):
+    # the split is the dataset's: the run's data.test_subset (300) only said what training
+    # evaluated
     args = ["report", str(cifar_runs["fp32-s0"]), "--out", str(tmp_path / "r")]
-    assert main([*args, "--offset", "300"]) == 2
-    assert (
-        "the cifar10 test split has 300 images; use an offset below 300" in capsys.readouterr().err
-    )
+    assert main([*args, "--offset", "10000"]) == 2
+    err = capsys.readouterr().err
+    assert "the cifar10 test split has 10000 images; use an offset below 10000" in err
+
+
+def test_runs_trained_with_different_test_subsets_are_analysed_on_one_image_set(
+    runs, tmp_path, capsys
+):
+    from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
+
+    other = tmp_path / "mnist-fp32-s1-subset80"
+    other.mkdir()
+    payload = load_checkpoint(runs["fp32-s1"] / "last.pt")
+    payload["recipe"]["data"]["test_subset"] = 80  # runs["fp32"] evaluated 600
+    save_checkpoint(payload, other / "last.pt")
+    out = tmp_path / "r"
+    args = ["report", str(runs["fp32"]), str(other), "--out", str(out), "--curve-images", "100"]
+    assert main([*args, "--offset", "500", "--images", "4", "--mprt-images", "8"]) == 0
+    numbers = json.loads((out / "metrics.json").read_text())
+    assert numbers["test_images"] == {"offset": 500, "count": 100}
+    assert {r["suite"]["images"] for r in numbers["runs"].values()} == {100}
+    assert "100 test images, indices 500..599" in (out / "report.md").read_text()
 
 
 def test_a_report_replaces_an_earlier_one_and_leaves_other_files(cifar_runs, tmp_path):

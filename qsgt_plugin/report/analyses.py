@@ -143,7 +143,8 @@ def compare_runs(
     _same_dataset(runs)
     check_method(method, runs)
     out = check_figure(out)
-    batches = list(runs[0].test_loader(limit=images))  # all of them: eval batches may be small
+    # all of them: eval batches may be small
+    batches = list(runs[0].test_loader(limit=images, whole_split=True))
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     mean, std = runs[0].normalisation
     result = compare_views(model_views(runs, float_views), x, y, method=method, fidelity=fidelity)

@@ -20,6 +20,7 @@ from typing import Any
 
 from qsgt_plugin.attribution import SuiteResult, band_figure, explanation_suite, mprt_figure
 from qsgt_plugin.attribution.stats import TEST
+from qsgt_plugin.errors import UsageError
 from qsgt_plugin.report.analyses import (
     accuracy_table,
     alpha_plot,
@@ -32,7 +33,6 @@ from qsgt_plugin.report.analyses import (
 from qsgt_plugin.report.markdown import markdown
 from qsgt_plugin.report.seeds import aggregate, group_runs, pair_groups, pair_tests, scalars
 from qsgt_plugin.run_dir import Run
-from qsgt_plugin.training.build import check_offset
 from qsgt_plugin.training.data import get_dataset
 
 __all__ = ["build_report", "run_suite"]
@@ -68,11 +68,10 @@ def build_report(
     check_method(method, runs)
     for dataset in {run.recipe.data.dataset for run in runs}:  # a seed given twice: refused now
         group_runs([run for run in runs if run.recipe.data.dataset == dataset])
-    for run in runs:  # before any work, as the loaders would refuse it
-        check_offset(run.recipe, offset)
+    count = image_count(runs, offset, curve_images)  # before any work
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{final.name}-", dir=final.parent) as tmp:
-        subset = (offset, curve_images)
+        subset = (offset, count)
         numbers = _write(runs, Path(tmp), images, subset, method, mprt_images)
         numbers = json.loads(json.dumps(numbers, default=_to_json))  # what metrics.json holds
         numbers["files"] = sorted([p.name for p in Path(tmp).iterdir()] + ["metrics.json"])
@@ -84,6 +83,29 @@ def build_report(
         for name in earlier - set(numbers["files"]):  # an earlier report's, not rewritten
             (final / name).unlink(missing_ok=True)
     return numbers
+
+
+def image_count(runs: list[Run], offset: int, images: int | None) -> int:
+    """How many test images every run is analysed on: ``images`` from index ``offset`` of each
+    dataset's whole test split (a run's ``data.test_subset`` only said how many images its
+    training evaluated). One set for all runs, or a ``UsageError``."""
+    counts = {}
+    for run in runs:
+        size = get_dataset(run.recipe.data.dataset).test_size
+        if offset >= size:
+            raise UsageError(
+                f"--offset {offset}: the {run.recipe.data.dataset} test split has {size} images; "
+                f"use an offset below {size}"
+            )
+        left = size - offset
+        counts[run.recipe.data.dataset] = left if images is None else min(images, left)
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{n} of {d}" for d, n in counts.items())
+        raise UsageError(
+            f"from --offset {offset} the test splits give {shown} images; every run is analysed "
+            f"on the same number: choose --curve-images {min(counts.values())} or fewer"
+        )
+    return next(iter(counts.values()))
 
 
 def owned_files(folder: Path) -> set[str]:
@@ -121,7 +143,7 @@ def run_suite(
     info = get_dataset(run.recipe.data.dataset)
     return explanation_suite(
         run.model,
-        run.test_loader(limit=images, offset=offset),
+        run.test_loader(limit=images, offset=offset, whole_split=True),
         num_classes=info.num_classes,
         method=method,
         mprt_images=mprt_images,

@@ -98,8 +98,8 @@ def _accuracy(rows: list[dict]) -> list[str]:
 
 def _dataset(dataset: str, parts: dict, numbers: dict, rel) -> list[str]:
     comp, groups, figures = parts["comparison"], parts["groups"], parts["figures"]
-    images = next(iter(numbers["runs"].values()))["suite"].images
-    offset = numbers.get("test_images", {}).get("offset", 0)
+    images = numbers["test_images"]["count"]
+    offset = numbers["test_images"]["offset"]
     start = f", indices {offset}..{offset + images - 1}"
     lines = [
         "",

@@ -158,11 +158,18 @@ class Run:
         device: str | torch.device = "cpu",
         offset: int = 0,
         channels_last: bool = False,
+        whole_split: bool = False,
     ) -> Loader:
         """The run's test split (``limit`` images from index ``offset``), normalised as in
-        training, in channels-last batches if asked."""
+        training, in channels-last batches if asked. ``whole_split`` ignores the recipe's
+        ``data.test_subset`` (how many images training evaluated), so that runs trained with
+        different subsets are analysed on the same images."""
         layout = dict(offset=offset, channels_last=channels_last)
-        return make_loader(self.recipe, False, torch.device(device), limit, **layout)
+        recipe = self.recipe
+        if whole_split:
+            data = recipe.data.model_copy(update={"test_subset": None})
+            recipe = recipe.model_copy(update={"data": data})
+        return make_loader(recipe, False, torch.device(device), limit, **layout)
 
     @property
     def channels_last(self) -> bool:
