@@ -306,6 +306,30 @@ def test_resume_applies_a_new_learning_rate_and_logs_the_change(tmp_path):
     assert [g["lr"] for g in optimizer["param_groups"]] == pytest.approx([0.01, 0.01])
 
 
+@pytest.mark.parametrize("started", ["fp32", "bf16"])
+def test_resume_keeps_the_precision_and_layout_the_run_started_with(tmp_path, monkeypatch, started):
+    """A run started where auto meant one precision resumes on a machine where it means the
+    other: it keeps its own (and its recipe.yaml says so); an explicit value changes it."""
+    import qsgt_plugin.training.step as step
+
+    other = "bf16" if started == "fp32" else "fp32"
+    monkeypatch.setattr(step, "native_bf16", lambda device: started == "bf16")
+    plain = {"sgt": {"enabled": False}}
+    train(tiny(tmp_path, train={"epochs": 1, "channels_last": False}, **plain))
+    monkeypatch.setattr(step, "native_bf16", lambda device: other == "bf16")  # another machine
+    resumed = train(tiny(tmp_path, train={"epochs": 2}, **plain), resume=True)
+    saved = load_checkpoint(resumed.run_dir / "last.pt")["recipe"]["train"]
+    assert (saved["precision"], saved["channels_last"]) == (started, False)
+    recipe_yaml = (resumed.run_dir / "recipe.yaml").read_text()
+    assert f"precision: {started}" in recipe_yaml and "channels_last: false" in recipe_yaml
+    (resume,) = [r for r in records(resumed.run_dir) if r["kind"] == "resume"]
+    assert resume["changed"] == {"train.epochs": [1, 2]}
+    # asked for by name, the change is made and recorded
+    asked = train(tiny(tmp_path, train={"epochs": 3, "precision": other}, **plain), resume=True)
+    last = [r for r in records(asked.run_dir) if r["kind"] == "resume"][-1]
+    assert last["changed"]["train.precision"] == [started, other]
+
+
 @pytest.mark.parametrize(
     ("section", "change", "key"),
     [

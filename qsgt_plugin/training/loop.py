@@ -22,7 +22,7 @@ from tqdm import tqdm
 from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.errors import RecipeError, TrainingDivergedError
 from qsgt_plugin.quant import alphas
-from qsgt_plugin.recipe import Recipe
+from qsgt_plugin.recipe import Recipe, TrainSection, parse_run_recipe
 from qsgt_plugin.run_dir import (
     RunDir,
     init_weights,
@@ -125,13 +125,30 @@ def preflight(recipe: Recipe, resume: bool, overwrite: bool, world: int = 1) -> 
     return recipe
 
 
-def resolve_speed(recipe: Recipe, device: torch.device) -> Recipe:
-    """The recipe with ``train.precision`` and ``train.channels_last`` resolved for ``device``."""
+def resolve_speed(
+    recipe: Recipe, device: torch.device, started: TrainSection | None = None
+) -> Recipe:
+    """The recipe with ``train.precision`` and ``train.channels_last`` resolved for ``device``.
+
+    A resumed run (``started``: the train section it saved) keeps what its ``auto`` resolved
+    to when it started, on whatever machine it resumes: a float32 run stays float32 where
+    ``auto`` would now mean bf16. Only an explicit value changes it (and the log records it).
+    """
     t = recipe.train
     update = {
         "precision": resolve_precision(t.precision, device),
         "channels_last": resolve_channels_last(t.channels_last, device),
     }
+    if started is not None:
+        for key in update:
+            kept = getattr(started, key)
+            if getattr(t, key) == "auto" and kept != "auto" and update[key] != kept:
+                log.info(
+                    "resume keeps train.%s=%s, what the run started with (auto would mean %s "
+                    "here; --set train.%s=%s changes it)",
+                    key, kept, update[key], key, update[key],
+                )  # fmt: skip
+                update[key] = kept
     return recipe.model_copy(update={"train": t.model_copy(update=update)})
 
 
@@ -153,9 +170,10 @@ def _check_world(recipe: Recipe, world: int) -> None:
 def _setup(recipe: Recipe, dd: Distributed, resume: bool) -> Session:
     """Build and check everything the recipe describes; nothing is written."""
     device = dd.device(resolve_device(recipe.train.device))
-    recipe = resolve_speed(recipe, device)  # the run records what "auto" meant here
     run = RunDir(Path(recipe.output.dir), writer=dd.main)
     payload = run.resume_payload() if resume else None
+    started = parse_run_recipe(payload["recipe"]).train if payload else None
+    recipe = resolve_speed(recipe, device, started)  # the run records what "auto" meant
     changes = resume_changes(payload["recipe"], recipe) if payload else None
     torch.manual_seed(recipe.train.seed)
     fast = recipe.train.fast_path is not False  # auto: on
