@@ -157,3 +157,29 @@ def test_mobilenet_v2_exports_its_relu6_sites(tmp_path, build):
     scale = np.abs(expected).mean()
     assert np.median(np.abs(got - expected)) < 1e-4 * scale
     assert np.abs(got - expected).max() < 0.01 * np.abs(expected).max()
+
+
+def test_qdq_without_calibration_inputs_says_how_many_quantizers_it_calibrated(tmp_path):
+    """A MobileNetV2's residual stream has no PACT quantizer: the qdq graph calibrates 8-bit
+    ones, on the example inputs when no calibration inputs are given. That is said, with the
+    count; with real calibration inputs, or for the packed format, nothing is."""
+    import warnings
+
+    from qsgt_plugin.quant.export import ExportWarning
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    build = lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5)  # noqa: E731
+    model = convert(build(), bits=4, weight_quant="int_per_channel", example_inputs=x[:1]).eval()
+    with pytest.warns(
+        ExportWarning,
+        match=r"needs (\d+) 8-bit quantizer\(s\) .* calibrated on "
+        r"example_inputs alone \(8 input\(s\)\)",
+    ) as caught:
+        export_onnx(model, tmp_path / "a.onnx", x)
+    count = int(re.search(r"needs (\d+)", str(caught[0].message)).group(1))
+    assert count > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExportWarning)
+        export_onnx(model, tmp_path / "b.onnx", x, calibration_inputs=torch.rand(32, 3, 32, 32))
+        export_onnx(model, tmp_path / "c.onnx", x, format="packed")

@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 from qsgt_plugin.errors import ExportError
 from qsgt_plugin.quant.export.qcdq import export_qcdq, export_ready
+from qsgt_plugin.quant.export.writer import ExportWarning
 
-__all__ = ["FORMATS", "ExportError", "export_onnx", "export_qcdq", "export_ready"]
+__all__ = ["FORMATS", "ExportError", "ExportWarning", "export_onnx", "export_qcdq", "export_ready"]
 
 FORMATS = {
     "qdq": "integer kernels in onnxruntime (QLinearConv, QLinearAdd); int8 weights (default)",
@@ -54,7 +55,8 @@ def export_onnx(
         format: ``"qdq"``, ``"packed"`` or ``"qcdq"``.
         calibration_inputs: real inputs for the ``qdq`` format's 8-bit quantizers at places
             the model does not quantize (a convolution's output that goes on in float into a
-            residual sum); default ``example_inputs``, which then must be real data.
+            residual sum); default ``example_inputs``, which then must be real data, and an
+            ``ExportWarning`` says how many quantizers were calibrated on them alone.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; allowed: {', '.join(FORMATS)}")

@@ -136,6 +136,16 @@ def export_integer(
         calibration = example_inputs if calibration_inputs is None else calibration_inputs
         calibration = calibration.detach().float().cpu()
         graph, stats = qdq.rewrite(graph, weights, _calibrator(calibration))
+        if calibration_inputs is None and stats.calibrated:
+            warnings.warn(
+                f"export_onnx: the qdq graph needs {len(stats.calibrated)} 8-bit quantizer(s) "
+                "the model does not have (a residual sum's inputs, a float layer's output); they "
+                f"were calibrated on example_inputs alone ({len(calibration)} input(s)). Pass "
+                "calibration_inputs= (a few hundred training images) and check the agreement "
+                "(qsgt_plugin.quant.export.agreement), or export format='packed'",
+                ExportWarning,
+                stacklevel=3,
+            )
     else:
         graph = packed.rewrite(graph, weights)
     onnx.checker.check_model(graph)
