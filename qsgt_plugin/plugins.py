@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import sys
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from typing import Any
@@ -91,97 +90,129 @@ def _load_entry_points(pm: pluggy.PluginManager, eps: Iterable) -> None:
             pm.failed_plugins[ep.name] = message
 
 
+# The registration hooks, in the order they are collected, with what each one registers.
+HOOKS = (
+    ("register_quant_methods", "quantization method"),
+    ("register_weight_quantizers", "weight quantizer"),
+    ("register_models", "model"),
+    ("register_datasets", "dataset"),
+)
+
+
 class Registry(Catalogue):
     """Quantization methods, weight quantizers, models and datasets registered by a
     PluginManager's plugins.
 
-    Each registration hook is called once per plugin, so a clash names both plugins.
+    Each plugin's hook implementations are called, through pluggy (its wrappers and tracing
+    apply), with a ``register`` callback bound to that plugin, so everything it registers is
+    named with it. A plugin whose hook raises, or that
+    registers something invalid or a name another plugin has, is left out whole (nothing of it
+    is registered) with a warning, and recorded in ``failed_plugins`` as one that fails to
+    import is: the other plugins, and every command that does not need it, still work.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
-        failed = getattr(pm, "failed_plugins", {})
-        hint = "".join(f"; {message}" for message in failed.values())
-        super().__init__(hint=f" (a plugin that failed to load may provide it{hint})" * bool(hint))
         self.pm = pm
-        self.failed_plugins: dict[str, str] = dict(failed)
+        self.failed_plugins: dict[str, str] = dict(getattr(pm, "failed_plugins", {}))
         self.models: dict[str, Callable[..., nn.Module]] = {}
         self.datasets: dict[str, Dataset] = {}
         self._owner: dict[tuple[str, str], str] = {}
-        self._collect("register_quant_methods", "quantization method", self._add_method)
-        self._collect("register_weight_quantizers", "weight quantizer", self._add_weight_quantizer)
-        self._collect("register_models", "model", self._add_model)
-        self._collect("register_datasets", "dataset", self._add_dataset)
+        super().__init__()
+        for plugin, impls in _implementations(pm).items():
+            try:
+                staged = self._stage(plugin, impls)
+            except Exception as exc:
+                message = f"plugin {plugin!r} failed to register: {exc}. Fix or uninstall it."
+                log.warning("%s It is left out.", message)
+                self.failed_plugins[plugin] = message
+                continue
+            for kind, name, item in staged:
+                self._commit(kind, name, item, plugin)
+        hint = "".join(f"; {message}" for message in self.failed_plugins.values())
+        self.hint = f" (a plugin that failed to load may provide it{hint})" * bool(hint)
 
-    def _collect(self, hook_name: str, kind: str, add: Callable[[str, object, str], None]) -> None:
-        """Call the hook through pluggy (its order, wrappers and tracing apply); ``register``
-        tells which plugin's implementation is calling it from the call stack."""
-        caller = getattr(self.pm.hook, hook_name)
-        owners = {_code(impl.function): impl.plugin_name for impl in caller.get_hookimpls()}
+    def owner(self, kind: str, name: str) -> str | None:
+        """The plugin that registered ``kind`` ``name`` (``"dataset"``, ``"model"``, ...)."""
+        return self._owner.get((kind, name))
 
-        def register(item: object) -> None:
-            plugin = _calling_plugin(owners)
-            name = _item_name(item, kind)
-            previous = self._owner.get((kind, name))
-            if previous is not None:
-                raise PluginError(
-                    f"{kind} {name!r} is registered twice: by plugin {previous!r} and by "
-                    f"plugin {plugin!r}. Rename one of them."
-                )
-            add(name, item, plugin)
-            self._owner[(kind, name)] = plugin
+    def _stage(self, plugin: str, impls: list[tuple[str, str, Callable]]) -> list[tuple]:
+        """Everything ``plugin`` registers, checked, before any of it is kept."""
+        staged: list[tuple[str, str, object]] = []
+        for _, kind, call in impls:
 
-        caller(register=register)
+            def register(item: object, kind: str = kind) -> None:
+                name = _item_name(item, kind)
+                if any((k, n) == (kind, name) for k, n, _ in staged):
+                    raise PluginError(f"it registers the {kind} {name!r} twice")
+                previous = self._owner.get((kind, name))
+                if previous is not None:
+                    raise PluginError(
+                        f"{kind} {name!r} is already registered by plugin {previous!r}; rename "
+                        "one of them"
+                    )
+                _check(kind, name, item)
+                staged.append((kind, name, item))
 
-    def _add_method(self, name: str, method: object, plugin: str) -> None:
-        if not isinstance(method, QuantMethod):
-            raise PluginError(f"plugin {plugin!r} registered {method!r}, not a QuantMethod")
-        self.methods[name] = method
+            call(register=register)
+        return staged
 
-    def _add_weight_quantizer(self, name: str, quantizer: object, plugin: str) -> None:
-        if not isinstance(quantizer, WeightQuantizer):
-            raise PluginError(f"plugin {plugin!r} registered {quantizer!r}, not a WeightQuantizer")
-        self.weight_quantizers[name] = quantizer
-
-    def _add_model(self, name: str, fn: object, plugin: str) -> None:
-        if not callable(fn):
-            raise PluginError(f"plugin {plugin!r} registered {fn!r} as a model, not a function")
-        if timm.models.is_model(name):
-            if timm.models.model_entrypoint(name) is not fn:
-                raise PluginError(
-                    f"model {name!r} from plugin {plugin!r} clashes with a model of the same name "
-                    "already in timm's registry. Rename it."
-                )
+    def _commit(self, kind: str, name: str, item: Any, plugin: str) -> None:
+        self._owner[(kind, name)] = plugin
+        if kind == "quantization method":
+            self.methods[name] = item
+        elif kind == "weight quantizer":
+            self.weight_quantizers[name] = item
+        elif kind == "model":
+            if not timm.models.is_model(name):
+                timm.models.register_model(item)
+            self.models[name] = item
         else:
-            timm.models.register_model(fn)
-        self.models[name] = fn
-
-    def _add_dataset(self, name: str, dataset: object, plugin: str) -> None:
-        if not isinstance(dataset, Dataset):
-            raise PluginError(
-                f"plugin {plugin!r} registered {dataset!r}, not a qsgt_plugin.common.datasets."
-                "Dataset"
-            )
-        self.datasets[name] = dataset
+            self.datasets[name] = item
 
 
-def _code(function: Callable) -> object:
-    return getattr(function, "__code__", None) or function.__call__.__code__
+def _implementations(pm: pluggy.PluginManager) -> dict[str, list[tuple[str, str, Callable]]]:
+    """Each plugin's registration hook implementations: the built-in plugins first, then the
+    others in the order they were registered (so a name clash leaves out the later plugin,
+    never a built-in)."""
+    plugins: dict[str, list[tuple[str, str, Callable]]] = {n: [] for n in BUILTIN_PLUGINS}
+    for hook_name, kind in HOOKS:
+        impls = getattr(pm.hook, hook_name).get_hookimpls()
+        owners = [i.plugin_name for i in impls if not (i.hookwrapper or i.wrapper)]
+        for name in dict.fromkeys(owners):
+            # this plugin's implementation alone, with every wrapper around it
+            others = [pm.get_plugin(o) for o in owners if o != name]
+            call = pm.subset_hook_caller(hook_name, remove_plugins=others)
+            plugins.setdefault(name, []).append((hook_name, kind, call))
+    return {name: impls for name, impls in plugins.items() if impls}
 
 
-def _calling_plugin(owners: dict[object, str]) -> str:
-    """The plugin whose hook implementation is on the call stack (the nearest one)."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code in owners:
-            return owners[frame.f_code]
-        frame = frame.f_back
-    return "an unknown plugin"
+_EXPECTED = {
+    "quantization method": (QuantMethod, "a qsgt_plugin.QuantMethod"),
+    "weight quantizer": (WeightQuantizer, "a qsgt_plugin.WeightQuantizer"),
+    "dataset": (Dataset, "a qsgt_plugin.common.datasets.Dataset"),
+}
+
+
+def _check(kind: str, name: str, item: object) -> None:
+    """``PluginError`` for an item that is not what ``kind`` registers."""
+    if kind in _EXPECTED:
+        cls, what = _EXPECTED[kind]
+        if not isinstance(item, cls):
+            raise PluginError(f"it registered {item!r} as a {kind}, not {what}")
+        return
+    if not callable(item):
+        raise PluginError(f"it registered {item!r} as a model, not a function")
+    if timm.models.is_model(name) and timm.models.model_entrypoint(name) is not item:
+        raise PluginError(
+            f"its model {name!r} clashes with a model of the same name already in timm's "
+            "registry; rename it"
+        )
 
 
 def _item_name(item: object, kind: str) -> str:
     name = getattr(item, "name", None) if kind != "model" else getattr(item, "__name__", None)
     if not isinstance(name, str) or not name:
-        raise PluginError(f"a plugin registered a {kind} without a name: {item!r}")
+        raise PluginError(f"it registered a {kind} without a name: {item!r}")
     return name
 
 

@@ -22,6 +22,7 @@ torchvision's download. A dataset that is not where it was looked for is a
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,11 +78,30 @@ class Dataset:
     flip: str = "none"
 
     def __post_init__(self) -> None:
+        def refuse(field: str, need: str) -> None:
+            got = getattr(self, field)
+            raise ValueError(f"dataset {self.name!r}: {field} must be {need}, got {got!r}")
+
+        if not isinstance(self.name, str) or not self.name:
+            refuse("name", "a non-empty string")
+        if len(self.shape) != 3 or not all(_positive_int(n) for n in self.shape):
+            refuse("shape", "(channels, height, width), three positive integers")
         channels = self.shape[0]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(
                 f"dataset {self.name!r}: mean and std need one value per channel ({channels})"
             )
+        if not all(isinstance(m, (int, float)) and math.isfinite(m) for m in self.mean):
+            refuse("mean", "finite numbers")
+        if not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in self.std):
+            refuse("std", "positive finite numbers (images are divided by it)")
+        for field in ("train_size", "test_size"):
+            if not _positive_int(getattr(self, field)):
+                refuse(field, "a positive integer")
+        if not _positive_int(self.num_classes) or self.num_classes < 2:
+            refuse("num_classes", "an integer of at least 2")
+        if not isinstance(self.padding, int) or isinstance(self.padding, bool) or self.padding < 0:
+            refuse("padding", "an integer of at least 0")
         if self.flip not in FLIPS:
             raise ValueError(f"dataset {self.name!r}: flip {self.flip!r} is not one of {FLIPS}")
 
@@ -157,6 +177,10 @@ class TorchvisionDataset(Dataset):
                     "official one, or set data.verify: false to use a modified copy on purpose"
                 )
             _VERIFIED[key] = True
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 _VERIFIED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) of files found good

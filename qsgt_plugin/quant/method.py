@@ -27,6 +27,9 @@ class QuantMethod:
     weight_quant: str = "dorefa"
     description: str = ""
 
+    def __post_init__(self) -> None:
+        _check_injector(self.name, "act_quant", self.act_quant)
+
 
 @dataclass(frozen=True)
 class WeightQuantizer:
@@ -41,6 +44,18 @@ class WeightQuantizer:
     name: str
     weight_quant: type[ExtendedInjector]
     description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_injector(self.name, "weight_quant", self.weight_quant)
+
+
+def _check_injector(name: object, field: str, value: object) -> None:
+    """``TypeError`` naming the field unless ``value`` is a Brevitas injector class."""
+    if not isinstance(value, type) or not issubclass(value, ExtendedInjector):
+        raise TypeError(
+            f"{name!r}: {field} must be a Brevitas injector class (a subclass of "
+            f"brevitas.inject.ExtendedInjector, e.g. PACTActPerTensorFloat), got {value!r}"
+        )
 
 
 class Resolver(Protocol):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from qsgt_plugin.common.datasets import FLIPS, Dataset, find_root
-from qsgt_plugin.errors import DatasetNotFoundError, RecipeError
+from qsgt_plugin.errors import DatasetNotFoundError, QsgtError, RecipeError
 from qsgt_plugin.plugins import get_registry
 
 __all__ = [
@@ -58,9 +58,35 @@ def load_split(
     class indices): a corrupted copy or a wrong plugin would otherwise train silently at chance.
     """
     dataset = get_dataset(name)
-    images, labels = dataset.load(train, root, verify)
     split = "training" if train else "test"
+    source = _source(name)
+    try:
+        loaded = dataset.load(train, root, verify)
+    except QsgtError:
+        raise
+    except NotImplementedError:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} ({source}) has no load(); the plugin must implement it"
+        ) from None
+    except Exception as exc:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} ({source}) failed to load its {split} split: "
+            f"{type(exc).__name__}: {exc}. Fix the plugin's load()"
+        ) from exc
+    if not (isinstance(loaded, (tuple, list)) and len(loaded) == 2):
+        raise DatasetNotFoundError(
+            f"dataset {name!r} ({source}): load() returned {type(loaded).__name__}, not "
+            "(images, labels)"
+        )
+    images, labels = loaded
     size = dataset.train_size if train else dataset.test_size
+    for what, value in (("images", images), ("labels", labels)):
+        if not isinstance(value, Tensor) or value.is_meta:
+            kind = "meta tensors (no data)" if isinstance(value, Tensor) else type(value).__name__
+            raise DatasetNotFoundError(
+                f"dataset {name!r} ({source}): load() returned {what} as {kind}, not a torch "
+                "tensor with data (torch.from_numpy converts a numpy array)"
+            )
     problems = []
     if images.dtype != torch.uint8 or tuple(images.shape[1:]) != dataset.shape:
         problems.append(
@@ -81,6 +107,11 @@ def load_split(
             f"0..{dataset.num_classes - 1}: the files are corrupted; use the official release"
         )
     return images, labels
+
+
+def _source(name: str) -> str:
+    plugin = get_registry().owner("dataset", name)
+    return f"from plugin {plugin!r}" if plugin else "not from a plugin"
 
 
 def crop_flip_params(
