@@ -134,7 +134,8 @@ class TrainSection(_Section):
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps (the schedule spans them); wins over ``epochs``."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    """The run's random seed (torch's generators take 0 .. 2**63 - 1 here)."""
     device: str = "auto"
     log_every: int = Field(50, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)

@@ -169,6 +169,47 @@ CASES = [
         r"cannot write the run to .*a-file/run: .*a-file is a file",
     ),
     (
+        "an attribution argument the method does not take",
+        lambda t, r: [
+            "train",
+            write_recipe(t, sgt={"enabled": True, "attribution_kwargs": {"foo": 1}}),
+        ],
+        r"sgt\.attribution_kwargs: Saliency with \{'foo': 1\} fails on a trial batch: TypeError",
+    ),
+    (
+        "an attribution argument of a bad value",
+        lambda t, r: [
+            "train",
+            write_recipe(
+                t,
+                sgt={
+                    "enabled": True,
+                    "attribution": "IntegratedGradients",
+                    "attribution_kwargs": {"n_steps": -3},
+                },
+            ),
+        ],
+        r"IntegratedGradients with \{'n_steps': -3\} fails .*number of steps must be a positive",
+    ),
+    (
+        "a Captum method that needs a layer",
+        lambda t, r: [
+            "train",
+            write_recipe(t, sgt={"enabled": True, "attribution": "LayerGradCam"}),
+        ],
+        r"captum\.attr\.LayerGradCam cannot run on a model alone",
+    ),
+    (
+        "a negative seed",
+        lambda t, r: ["train", write_recipe(t), "--set", "train.seed=-1"],
+        r"train\.seed: Input should be greater than or equal to 0",
+    ),
+    (
+        "a seed past torch's range",
+        lambda t, r: ["train", write_recipe(t), "--set", "train.seed=18446744073709551616"],
+        r"train\.seed: Input should be less than or equal to 9223372036854775807",
+    ),
+    (
         "a section given twice",
         lambda t, r: ["train", twice(t)],
         r"twice\.yaml: quant is given twice \(lines \d+ and \d+\); YAML would keep only the last",

@@ -137,3 +137,35 @@ def test_a_dataset_without_load_is_told(install_plugins):
     install_plugins(Plugin())
     with pytest.raises(DatasetNotFoundError, match=r"dataset 'bare' .* has no load\(\)"):
         load_split("bare", train=True)
+
+
+def test_a_model_whose_class_count_is_not_the_dataset_s_is_refused(install_plugins, tmp_path):
+    """A plugin model that ignores num_classes would train the synthetic dataset's 4 classes
+    on 3 outputs (or 5, silently); the recipe is refused before anything is written."""
+    import synthetic_data
+    from torch import nn
+
+    from qsgt_plugin.errors import RecipeError
+    from qsgt_plugin.recipe import Recipe
+    from qsgt_plugin.training.loop import train
+
+    def qsgt_test_three_outputs(pretrained=False, **kwargs):
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+
+    class Plugin:
+        @hookimpl
+        def register_models(self, register):
+            register(qsgt_test_three_outputs)
+
+    install_plugins(synthetic_data, Plugin())
+    recipe = Recipe.model_validate(
+        {
+            "model": {"name": "qsgt_test_three_outputs"},
+            "quant": {"enabled": False},
+            "data": {"dataset": "synthetic"},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )
+    with pytest.raises(RecipeError, match=r"outputs \(2, 3\) .* synthetic has 4 classes"):
+        train(recipe)
+    assert not (tmp_path / "run").exists()

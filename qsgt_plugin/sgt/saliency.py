@@ -67,7 +67,14 @@ def make_attribution(
         return ATTRIBUTIONS[method](forward or model)
     cls = getattr(captum.attr, method, None)
     if isinstance(cls, type) and issubclass(cls, GradientAttribution):
-        return cls(forward or model)
+        try:
+            return cls(forward or model)
+        except TypeError as exc:  # a layer or neuron method needs more than the model
+            raise ValueError(
+                f"captum.attr.{method} cannot run on a model alone ({exc}); SGT and the report "
+                "attribute to the input: use Saliency, InputXGradient, IntegratedGradients, "
+                "SmoothGrad or another input-gradient method"
+            ) from None
     known = ", ".join(sorted(ATTRIBUTIONS))
     raise ValueError(
         f"unknown attribution method {method!r}; use one of {known} or the name of a "

@@ -120,7 +120,28 @@ def check_buildable(recipe: Recipe) -> None:
     """
     example = example_batch(recipe.data.dataset)
     model = build_model(recipe.model.name, recipe.model.kwargs, recipe.quant, example)
-    make_sgt(model, recipe.sgt)
+    classes = get_dataset(recipe.data.dataset).num_classes
+    with torch.no_grad(), eval_mode(model):
+        output = model(example)
+    if not isinstance(output, Tensor) or output.dim() != 2 or output.shape[1] != classes:
+        got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise RecipeError(
+            f"model: {recipe.model.name} outputs {got} for a batch of {len(example)}, but "
+            f"{recipe.data.dataset} has {classes} classes: the model must output (N, {classes}) "
+            "logits (its own num_classes option, in model.kwargs)"
+        )
+    sgt = make_sgt(model, recipe.sgt)
+    if sgt is not None and sgt.active:
+        # One saliency pass on the example: attribution_kwargs the method refuses (an unknown
+        # name, IntegratedGradients' n_steps=-3) stop here, before the run directory exists.
+        try:
+            sgt.saliency(example, torch.zeros(len(example), dtype=torch.long))
+        except Exception as exc:
+            raise RecipeError(
+                f"sgt.attribution_kwargs: {recipe.sgt.attribution} with "
+                f"{recipe.sgt.attribution_kwargs} fails on a trial batch: "
+                f"{type(exc).__name__}: {_first_line(exc)}"
+            ) from None
 
 
 def example_batch(dataset: str, n: int = 2) -> Tensor:
