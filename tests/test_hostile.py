@@ -210,6 +210,11 @@ CASES = [
         r"train\.seed: Input should be less than or equal to 9223372036854775807",
     ),
     (
+        "a run folder name too long",
+        lambda t, r: ["train", write_recipe(t), "--set", f"output.dir={t}/{'y' * 300}"],
+        r"cannot write the run to .*: File name too long\. Choose a writable folder",
+    ),
+    (
         "a section given twice",
         lambda t, r: ["train", twice(t)],
         r"twice\.yaml: quant is given twice \(lines \d+ and \d+\); YAML would keep only the last",
@@ -584,3 +589,27 @@ def test_a_checkpoint_on_a_full_disk_keeps_the_last_complete_one(tmp_path, monke
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+WRITERS = {
+    "compare": lambda r, out: ["compare", str(r["w4a4"]), "--out", out + ".png"],
+    "masking-curve": lambda r, out: ["masking-curve", str(r["w4a4"]), "--out", out + ".png"],
+    "alpha-plot": lambda r, out: ["alpha-plot", str(r["w4a4"]), "--out", out + ".png"],
+    "report": lambda r, out: ["report", str(r["w4a4"]), "--out", out],
+    "sensitivity": lambda r, out: ["sensitivity", str(r["w4a4"]), "--out", out],
+    "export": lambda r, out: ["export", str(r["w4a4"]), "--out", out + ".onnx"],
+}
+
+
+@pytest.mark.parametrize("where", ["a name too long", "a virtual filesystem"])
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_every_writer_refuses_an_unwritable_output_in_one_line(
+    runs, tmp_path, capsys, command, where
+):
+    out = str(tmp_path / ("x" * 300)) if where == "a name too long" else "/proc/qsgt-out/x"
+    assert main(WRITERS[command](runs, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.search(r"cannot write .*: .*; choose a writable folder with --out", err), err
+    assert not Path("/proc/qsgt-out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder left behind

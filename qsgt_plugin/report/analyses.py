@@ -6,8 +6,10 @@ every option is checked before any work is done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,27 +84,52 @@ def check_figure(path: Path) -> Path:
 
 
 def check_output(path: Path, folder: bool = False) -> Path:
-    """``path`` if its folder can be created and written; a :class:`UsageError` otherwise.
+    """``path`` if it can be written; a :class:`UsageError` otherwise, before any work.
+
+    A file is written as a temporary file beside it, then renamed (``atomic_output``); that
+    is tried here, in the folder it will be written to, so that a read-only or virtual
+    filesystem, a name too long, a missing permission or a file in the way of a folder is one
+    line naming the reason. Folders this creates for the probe are removed again if it fails.
 
     ``folder``: the output is a folder (it may exist); else a file, which an existing folder
     cannot be.
     """
     path = Path(path)
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"cannot write {path}: {parent} is a file; choose another --out")
-            if not os.access(parent, os.W_OK):
-                raise UsageError(
-                    f"cannot write {path}: {parent} is not writable; choose another --out"
-                )
-            break
+    try:
+        _probe(path, folder)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(
+            f"cannot write {path}: {reason}; choose a writable folder with --out"
+        ) from None
+    return path
+
+
+def _probe(path: Path, folder: bool) -> None:
+    """Write and remove a temporary file where ``path`` will be written (``OSError`` if not)."""
     if path.is_dir() and not folder:
         raise UsageError(
             f"cannot write {path}: it is a folder; give --out a file name (e.g. "
             f"{path / ('out' + (path.suffix or '.png'))})"
         )
-    return path
+    target = path if folder else path.parent
+    for parent in (target, *target.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"cannot write {path}: {parent} is a file; choose another --out")
+            break
+    created = [p for p in (target, *target.parents) if not p.exists()]
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        name = Path("probe" if folder else path.name)
+        fd, probe = tempfile.mkstemp(prefix=f".{name.stem}-", suffix=name.suffix, dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        for made in created:  # innermost first
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise
 
 
 def check_method(method: str, runs: list[Run]) -> None:

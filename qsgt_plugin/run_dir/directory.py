@@ -75,6 +75,16 @@ class RunDir:
         """
         if resume and overwrite:
             raise RunDirError("--resume and --overwrite contradict each other; choose one")
+        try:
+            RunDir._check(path, resume, overwrite)
+        except OSError as exc:  # a name too long, a folder that cannot be read, ...
+            raise RunDirError(
+                f"cannot write the run to {path}: {exc.strerror or exc}. Choose a writable "
+                "folder with --set output.dir=PATH"
+            ) from None
+
+    @staticmethod
+    def _check(path: Path, resume: bool, overwrite: bool) -> None:
         for parent in (path, *path.parents):
             if parent.exists():
                 if not parent.is_dir():
