@@ -84,6 +84,31 @@ def test_a_metrics_line_cut_by_a_kill_is_skipped(tmp_path):
     assert run.metrics.read_text() == '{"kind": "train", "step": 2}\n'
 
 
+@pytest.mark.parametrize(
+    "line,why",
+    [
+        ("[1, 2]", "a JSON list, not an object"),
+        ('"text"', "a JSON str, not an object"),
+        ('{"kind": 5, "step": 3}', "no string 'kind'"),
+        ('{"kind": "train", "step": "3"}', "no step count"),
+        ('{"kind": "train"}', "no step count"),
+        ('{"kind": "eval", "step": 3, "test_acc": "high"}', "test_acc is not a number"),
+        ('{"kind": "eval", "step": 3, "alphas": {"act1": "big"}}', "alphas are not numbers"),
+        ('{"kind": "eval", "step": 3, "alphas": [1.0]}', "alphas are not numbers"),
+    ],
+)
+def test_a_metrics_line_of_the_wrong_shape_is_skipped_and_named(tmp_path, caplog, line, why):
+    run = RunDir(tmp_path)
+    run.log({"kind": "train", "step": 2, "alphas": {"act1": 3.5}})
+    with run.metrics.open("a") as f:
+        f.write(line + "\n")
+    run.log({"kind": "eval", "step": 4, "test_acc": 0.5})
+    assert [r["step"] for r in run.records()] == [2, 4]
+    assert f"line 2 is not a metrics record ({why}" in caplog.text
+    run.start_log(resumed_step=4)  # what --resume does with the log: no KeyError, no TypeError
+    assert [r["step"] for r in run.records()] == [2, 4]
+
+
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     from qsgt_plugin.run_dir.checkpoint import save_checkpoint
 

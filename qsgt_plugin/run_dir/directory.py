@@ -39,22 +39,55 @@ SENSITIVITY_FILES = ("sensitivity.json", "sensitivity.png", "sensitivity.md")
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a ``metrics.jsonl`` (or of the run directory holding one).
 
-    A line a kill cut short (the last one) is skipped; a line that is not JSON elsewhere is
-    skipped with a warning naming it; a missing log is an empty list.
+    A line a kill cut short (the last one) is skipped; a line that is not JSON elsewhere, or
+    not a record of the shape training writes (an object with a string ``kind``, an integer
+    ``step``, numbers where numbers go), is skipped with a warning naming it; a missing log is
+    an empty list.
     """
     path = Path(path)
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.is_file():
         return []
     records = []
-    lines = path.read_text().splitlines()
+    lines = path.read_text(errors="replace").splitlines()
     for number, line in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number < len(lines) and line.strip():  # not the cut-short last line
                 log.warning("%s: line %d is not a JSON record; skipped", path, number)
+            continue
+        problem = _shape_problem(record)
+        if problem:
+            log.warning("%s: line %d is not a metrics record (%s); skipped", path, number, problem)
+            continue
+        records.append(record)
     return records
+
+
+_NUMBERS = ("epoch", "loss", "ce", "kl", "lr", "test_acc", "elapsed")
+
+
+def _shape_problem(record: object) -> str | None:
+    """What makes ``record`` not a line training writes, or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if not isinstance(record.get("kind"), str):
+        return "no string 'kind'"
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return "no step count"
+    for key in _NUMBERS:
+        value = record.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return f"{key} is not a number"
+    alphas = record.get("alphas")
+    if alphas is not None and not (
+        isinstance(alphas, dict)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in alphas.values())
+    ):
+        return "alphas are not numbers by layer"
+    return None
 
 
 class RunDir:
