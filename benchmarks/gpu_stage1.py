@@ -62,7 +62,7 @@ def mnist(out: Path, dry_run: bool, timeout: float) -> dict:
         "-m",
         "qsgt_plugin.cli",
         "train",
-        "recipes/mnist-resnet20-w4a4-sgt.yaml",
+        "qsgt_plugin/recipes/mnist-resnet20-w4a4-sgt.yaml",
         "--overwrite",
     ]
     command += [arg for s in sets for arg in ("--set", s)]

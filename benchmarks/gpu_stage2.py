@@ -1,10 +1,10 @@
 """GPU stage 2: CIFAR-10 W4A4 + SGT to 91.3% within 6 minutes of training, then fp32 and W4A4.
 
 Fills the RESULTS.md rows whose experiment starts with ``stage2``: ``stage2-cifar10-w4a4-sgt-
-fast`` (``recipes/cifar10-resnet20-w4a4-sgt-fast.yaml``, on the full test set, with its training
-time) and, in the time left, ``stage2-cifar10-w4a4-fast`` and ``stage2-cifar10-fp32-fast`` (the
-same recipe without SGT, and without quantization). The stage is measured when RESULTS.md has
-those rows; run stage 1 (``benchmarks/gpu_stage1.py``) first.
+fast`` (``qsgt_plugin/recipes/cifar10-resnet20-w4a4-sgt-fast.yaml``, on the full test set, with
+its training time) and, in the time left, ``stage2-cifar10-w4a4-fast`` and
+``stage2-cifar10-fp32-fast`` (the same recipe without SGT, and without quantization). The stage
+is measured when RESULTS.md has those rows; run stage 1 (``benchmarks/gpu_stage1.py``) first.
 
 CIFAR-10 travels in three device calls (shared/GPU.md); the third one runs::
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from stage_common import run_logged, training_summary
 
-RECIPE = "recipes/cifar10-resnet20-w4a4-sgt-fast.yaml"
+RECIPE = "qsgt_plugin/recipes/cifar10-resnet20-w4a4-sgt-fast.yaml"
 TARGET = 0.913  # PACT Table 1, 4-bit ResNet-20 on CIFAR-10
 TRAINING_LIMIT = 360  # seconds of training for the W4A4 + SGT run
 # name -> overrides of the fast recipe, in the order they run

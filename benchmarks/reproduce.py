@@ -42,6 +42,7 @@ from qsgt_plugin.run_dir.results_table import (
 from qsgt_plugin.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
+RECIPES = "qsgt_plugin/recipes"  # the study's recipes, shipped with the package
 
 
 VARIANTS = ("w4a4-sgt", "fp32-sgt", "w4a4", "fp32")
@@ -60,30 +61,36 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
     for dataset in ("mnist", "cifar10"):
         pins = SEED_SETTINGS["mnist"] if dataset == "mnist" else []
         for variant in VARIANTS:
-            out[f"{dataset}-{variant}"] = (f"recipes/{dataset}-resnet20-{variant}.yaml", pins)
+            out[f"{dataset}-{variant}"] = (
+                f"{RECIPES}/{dataset}-resnet20-{variant}.yaml",
+                pins,
+            )
         for bits in (2, 3, 8):
             out[f"{dataset}-w{bits}a{bits}-sgt"] = (
-                f"recipes/{dataset}-resnet20-w4a4-sgt.yaml",
+                f"{RECIPES}/{dataset}-resnet20-w4a4-sgt.yaml",
                 [f"quant.weight_bits={bits}", f"quant.act_bits={bits}"],
             )
     # The W4A4 + SGT recipe at the training default since 2026-12-02 (bf16 autocast where the
     # device has it, channels-last), beside the float32 rows above it (recorded before that
     # default existed, their recipes hold no train.precision).
-    out["mnist-w4a4-sgt-bf16"] = ("recipes/mnist-resnet20-w4a4-sgt.yaml", ["train.precision=bf16"])
+    out["mnist-w4a4-sgt-bf16"] = (
+        f"{RECIPES}/mnist-resnet20-w4a4-sgt.yaml",
+        ["train.precision=bf16"],
+    )
     # CIFAR-10 on the CPU: a float parent per seed, fine-tunings from the parent of the same
     # seed ("{seed}" is filled in), PACT + SGT at other widths from the seed-0 parent, and W4A4
     # + SGT from scratch for as many epochs as the parent and a fine-tuning together.
-    parent = "recipes/cifar10-resnet20-fp32-cpu.yaml"
+    parent = f"{RECIPES}/cifar10-resnet20-fp32-cpu.yaml"
     pins = SEED_SETTINGS["cifar10-cpu"]
     out["cifar10-fp32-cpu"] = (parent, pins)
     init = "model.init_from=results/cifar10/cifar10-fp32-cpu-s{seed}"
     # fp32-ft is fp32-sgt-ft's control: the same epochs from the same parent, without SGT.
     for variant in VARIANTS:
-        recipe = f"recipes/finetune/cifar10-resnet20-{variant}-finetune.yaml"
+        recipe = f"{RECIPES}/finetune/cifar10-resnet20-{variant}-finetune.yaml"
         out[f"cifar10-{variant}-ft"] = (recipe, [init, *pins])
     for bits in (2, 3, 8):
         out[f"cifar10-w{bits}a{bits}-sgt-ft"] = (
-            "recipes/finetune/cifar10-resnet20-w4a4-sgt-finetune.yaml",
+            f"{RECIPES}/finetune/cifar10-resnet20-w4a4-sgt-finetune.yaml",
             [
                 "model.init_from=results/cifar10/cifar10-fp32-cpu-s0",
                 f"quant.weight_bits={bits}",
@@ -103,7 +110,7 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
     # Fine-tunings of the CIFAR-10 W4A4 + SGT seed-0 fine-tuning, as for MNIST below: the
     # recipe `qsgt mixed-precision` wrote at uniform W3A3's size, and uniform W3A3 itself.
     for name in ("mixed-113kb", "w3a3-sgt"):
-        recipe = f"recipes/finetune/cifar10-resnet20-{name}-from-w4a4.yaml"
+        recipe = f"{RECIPES}/finetune/cifar10-resnet20-{name}-from-w4a4.yaml"
         out[f"cifar10-{name}-from-w4a4"] = (recipe, [])
     # Fine-tunings of the MNIST W4A4 + SGT seed-0 run: the mixed-precision recipe that
     # `qsgt mixed-precision` wrote at uniform W3A3's size, and uniform W3A3 itself.
@@ -111,7 +118,7 @@ def _experiments() -> dict[str, tuple[str, list[str]]]:
         ("mnist-mixed-112kb-ft", "mnist-resnet20-mixed-112kb"),
         ("mnist-w3a3-sgt-ft", "mnist-resnet20-w3a3-sgt-finetune"),
     ):
-        out[name] = (f"recipes/finetune/{recipe}.yaml", [])
+        out[name] = (f"{RECIPES}/finetune/{recipe}.yaml", [])
     return out
 
 

@@ -310,6 +310,17 @@ def _methods(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipes(_args: argparse.Namespace) -> int:
+    from qsgt_plugin.recipe import load_recipe, packaged_recipes
+
+    for name, path in packaged_recipes().items():
+        r = load_recipe(path)
+        length = f"{r.train.max_steps} steps" if r.train.max_steps else f"{r.train.epochs} epochs"
+        start = " from a trained run" if r.model.init_from else ""
+        print(f"{name:50s} {r.data.dataset:8s} {r.model.name} {r.label}, {length}{start}")
+    return 0
+
+
 def _models(_args: argparse.Namespace) -> int:
     from qsgt_plugin.plugins import get_registry
 
@@ -330,6 +341,7 @@ COMMANDS = {
     "export": _export,
     "methods": _methods,
     "models": _models,
+    "recipes": _recipes,
 }
 
 

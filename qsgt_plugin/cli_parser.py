@@ -86,6 +86,7 @@ def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
 
     _training(command)
     _analyses(command)
+    command("recipes", "list the recipes shipped with the package (qsgt train NAME)")
     command("methods", "list quantization methods and weight quantizers")
     command("models", "list models registered by plugins")
     return parser
@@ -93,7 +94,7 @@ def build_parser(handlers: dict[str, Handler]) -> argparse.ArgumentParser:
 
 def _training(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = command("train", "train from a YAML recipe")
-    p.add_argument("recipe", help="recipe file, e.g. recipes/quickstart.yaml")
+    p.add_argument("recipe", help="recipe file, or a packaged recipe's name (qsgt recipes)")
     p.add_argument(
         "--set",
         action="append",

@@ -8,6 +8,7 @@ misspelled key, the closest allowed one.
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,9 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "apply_overrides",
+    "find_recipe",
     "load_recipe",
+    "packaged_recipes",
     "parse_recipe",
     "parse_run_recipe",
     "save_recipe",
@@ -189,8 +192,42 @@ class Recipe(_Section):
         return self.quant.label + ("+SGT" if self.sgt.enabled else "")
 
 
+def packaged_recipes() -> dict[str, Path]:
+    """The study's recipes shipped with the package, by name (``quickstart``,
+    ``finetune/cifar10-resnet20-w4a4-sgt-finetune``): what ``qsgt recipes`` lists."""
+    root = Path(str(importlib.resources.files("qsgt_plugin") / "recipes"))
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` itself where it is a file, else the packaged recipe of
+    that name (``quickstart``, ``quickstart.yaml`` and the source tree's
+    ``qsgt_plugin/recipes/quickstart.yaml`` alike), so a recipe is found outside a clone.
+
+    Raises:
+        RecipeError: neither a file nor a packaged recipe's name.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    key = path.as_posix().removesuffix(".yaml").removesuffix(".yml")
+    for prefix in ("qsgt_plugin/recipes/", "recipes/"):
+        key = key.removeprefix(prefix)
+    packaged = packaged_recipes()
+    if key in packaged:
+        return packaged[key]
+    close = difflib.get_close_matches(key, packaged, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise RecipeError(
+        f"recipe file not found: {name_or_path}, and no packaged recipe has that name; "
+        f"{hint}`qsgt recipes` lists them"
+    )
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a YAML recipe (and the recipes it builds on), apply overrides and validate.
+
+    ``path`` is a file, or the name of a packaged recipe (:func:`packaged_recipes`).
 
     A recipe may name another as ``base: other.yaml`` (relative to its own folder) and state
     only its differences: sections merge key by key, the recipe's own values win, and a
@@ -198,13 +235,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     so ``quant: {overrides: {}}`` clears the base's overrides. Bases may have bases; the run's
     ``recipe.yaml`` is the resolved whole.
     """
-    path = Path(path)
+    path = find_recipe(path)
     data = _read_with_bases(path, ())
     data = apply_overrides(data, overrides)
     if not data:  # nothing in the file nor on the command line: not a run of every default
         raise RecipeError(
             f"{path} is empty (or only comments): a recipe states at least what it trains, e.g. "
-            "data: {dataset: mnist}; see recipes/quickstart.yaml"
+            "data: {dataset: mnist}; see `qsgt recipes` (quickstart)"
         )
     return parse_recipe(data, source=str(path))
 

@@ -27,6 +27,7 @@ from qsgt_plugin.run_dir.checkpoint import CheckpointError, load_checkpoint
 from qsgt_plugin.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("synthetic_dataset")
+QUICKSTART = "quickstart"  # the packaged recipe, by name
 real_mnist = [
     pytest.mark.slow,
     pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set"),
@@ -226,7 +227,7 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "cli"
     args = [
         "train",
-        str(ROOT / "recipes/quickstart.yaml"),
+        QUICKSTART,
         "--set",
         "train.max_steps=3",
         "--set",
@@ -251,15 +252,25 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     [
         (["train", "missing.yaml"], "recipe file not found: missing.yaml"),
         (
-            ["train", str(ROOT / "recipes/quickstart.yaml"), "--set", "optim.lrr=1"],
+            ["train", QUICKSTART, "--set", "optim.lrr=1"],
             "optim.lrr: unknown key; did you mean 'lr'",
         ),
         (
-            ["train", str(ROOT / "recipes/quickstart.yaml"), "--set", "quant.weight_bits=0"],
+            [
+                "train",
+                QUICKSTART,
+                "--set",
+                "quant.weight_bits=0",
+            ],
             "quant.weight_bits: Input should be greater than or equal to 2",
         ),
         (
-            ["train", str(ROOT / "recipes/quickstart.yaml"), "--set", "data.root=/nonexistent"],
+            [
+                "train",
+                QUICKSTART,
+                "--set",
+                "data.root=/nonexistent",
+            ],
             "mnist not found: looked in /nonexistent/MNIST/raw",
         ),
         (["evaluate", "nowhere.pt"], "nowhere.pt does not exist"),

@@ -88,7 +88,9 @@ def test_missing_export_extra_is_named(tmp_path, monkeypatch):
 @pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
 def test_cli_export_writes_onnx_and_prints_sizes(tmp_path, capsys):
     run = tmp_path / "run"
-    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "quickstart.yaml")
+    recipe = os.path.join(
+        os.path.dirname(__file__), "..", "qsgt_plugin", "recipes", "quickstart.yaml"
+    )
     assert (
         main(
             [

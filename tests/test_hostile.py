@@ -29,7 +29,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "recipes/quickstart.yaml")
+QUICKSTART = str(ROOT / "qsgt_plugin/recipes/quickstart.yaml")
 
 
 def tiny(out: Path, **sections) -> dict:

@@ -314,7 +314,7 @@ def test_bad_bit_lists_and_layers_are_refused(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-FINETUNE = Path(__file__).resolve().parents[1] / "recipes" / "finetune"
+FINETUNE = Path(__file__).resolve().parents[1] / "qsgt_plugin" / "recipes" / "finetune"
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,8 @@ def test_quickstart_prints_the_accuracy_readme_shows(tmp_path):
     )
     said = line.search(readme)
     assert said, "README.md no longer shows the quick start's output line"
-    printed = qsgt("train", str(ROOT / "recipes/quickstart.yaml"), cwd=tmp_path)
+    assert "qsgt train quickstart\n" in readme  # the packaged recipe by name, from anywhere
+    printed = qsgt("train", "quickstart", cwd=tmp_path)
     got = line.search(printed)
     assert got, printed[-2000:]
     # bf16 where the processor has a bf16 path, float32 elsewhere ("auto"): 97.91% and 97.89%

@@ -12,7 +12,7 @@ import yaml
 from qsgt_plugin.recipe import Recipe, RecipeError, apply_overrides, load_recipe, save_recipe
 from qsgt_plugin.training.build import check_recipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "qsgt_plugin" / "recipes"
 
 
 def write(tmp_path, text: str) -> Path:
@@ -388,3 +388,19 @@ def test_yaml_merge_keys_and_aliases_are_not_duplicates(tmp_path):
     data.pop("x")
     path = write(tmp_path, yaml.safe_dump(data))
     assert load_recipe(path).optim.lr == 0.05
+
+
+def test_a_packaged_recipe_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from qsgt_plugin.recipe import find_recipe, packaged_recipes
+
+    monkeypatch.chdir(tmp_path)  # outside the source tree
+    names = packaged_recipes()
+    assert {"quickstart", "mnist-resnet20-w4a4-sgt"} <= set(names)
+    assert "finetune/cifar10-resnet20-w4a4-sgt-finetune" in names
+    for spelling in ("quickstart", "quickstart.yaml", "recipes/quickstart.yaml"):
+        assert find_recipe(spelling) == names["quickstart"]
+    assert load_recipe("mnist-resnet20-w4a4-sgt").sgt.enabled  # its base: resolves beside it
+    Path("quickstart").write_text("train: {epochs: 1}\ndata: {dataset: mnist}\n")
+    assert find_recipe("quickstart") == Path("quickstart")  # a file wins over a name
+    with pytest.raises(RecipeError, match=r"did you mean 'quickstart'\? `qsgt recipes` lists"):
+        find_recipe("quikstart")

@@ -132,7 +132,7 @@ def test_an_output_directory_that_cannot_be_written(tmp_path, capsys):
     blocker.write_text("")
     with pytest.raises(RunDirError, match=r"cannot write the run to .*a-file/run"):
         RunDir.check(blocker / "run", resume=False, overwrite=False)
-    recipe = Path(__file__).resolve().parents[1] / "recipes/quickstart.yaml"
+    recipe = Path(__file__).resolve().parents[1] / "qsgt_plugin/recipes/quickstart.yaml"
     assert main(["train", str(recipe), "--set", f"output.dir={blocker}/run"]) == 2
     assert "--set output.dir=PATH" in capsys.readouterr().err
 
