@@ -35,8 +35,8 @@ TARGET = 0.9
 SEEDS = range(3, 13)
 # The reports whose seed-level values the assumptions come from.
 SOURCES = {
-    "mnist": ["docs/report/metrics.json", "docs/report-heldout/metrics.json"],
-    "cifar10": ["docs/report-cifar10/metrics.json"],
+    "mnist": ["reports/mnist/metrics.json", "reports/mnist-heldout/metrics.json"],
+    "cifar10": ["reports/cifar10/metrics.json"],
 }
 PAIR = "w4a4"  # the pair whose groups' names start with this (without SGT against with)
 AREAS = ("masking_auc", "deletion_auc")

@@ -14,7 +14,7 @@ import qsgt_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 PATH = re.compile(
-    r"(?<![\w./-])((?:qsgt_plugin|recipes|benchmarks|tests|docs|results)/[\w./*{},<>-]*)"
+    r"(?<![\w./-])((?:qsgt_plugin|recipes|benchmarks|tests|docs|reports|results)/[\w./*{},<>-]*)"
 )
 
 

@@ -43,7 +43,7 @@ def percent(cell: str) -> float:
 
 
 def report(name: str) -> dict:
-    return json.loads((ROOT / "docs" / name / "metrics.json").read_text())
+    return json.loads((ROOT / "reports" / name / "metrics.json").read_text())
 
 
 def says(phrase: str) -> None:
@@ -74,7 +74,7 @@ def test_packed_agreement_and_size_are_results_md_s():
     mnist = [percent(r["packed: same top-1"]) for r in agreement("mnist")]
     deploy = table_after("CIFAR-10, W4A4 + SGT fine-tuned:")
     packed_kb = float(next(r for r in deploy if r["graph"] == "packed")["file kB"])
-    sizes = report("report-cifar10")["accuracy"]
+    sizes = report("cifar10")["accuracy"]
     counted = next(r for r in sizes if r["run"] == "cifar10-w4a4-sgt-ft-s0")["size_bytes"]
     says(
         f"`packed` to ship or store the model ({packed_kb:.1f} kB, "
@@ -88,8 +88,8 @@ def test_packed_agreement_and_size_are_results_md_s():
 
 
 def test_the_scratch_comparison_quotes_each_report_it_names():
-    scratch = report("report-cifar10-scratch")["runs"]
-    earlier = report("report-cifar10")
+    scratch = report("cifar10-scratch")["runs"]
+    earlier = report("cifar10")
     groups = earlier["datasets"]["cifar10"]["groups"]["w4a4+SGT from fp32"]
 
     def run(numbers: dict, name: str, key: str) -> float:
@@ -114,7 +114,7 @@ def test_the_scratch_comparison_quotes_each_report_it_names():
     says(f"(sensitivity-max {sens[0]:.2f} against {sens[1]:.2f})")
 
 
-@pytest.mark.parametrize("name", ["report", "report-heldout", "report-cifar10"])
+@pytest.mark.parametrize("name", ["mnist", "mnist-heldout", "cifar10", "cifar10-scratch"])
 def test_the_reports_readme_links_exist(name):
-    assert f"docs/{name}/report.md" in README
-    assert (ROOT / "docs" / name / "report.md").is_file()
+    assert f"reports/{name}/report.md" in README
+    assert (ROOT / "reports" / name / "report.md").is_file()
