@@ -25,7 +25,6 @@ from qsgt_plugin.attribution.metrics import (
 from qsgt_plugin.attribution.randomisation import mprt, random_logit, weight_layers
 from qsgt_plugin.attribution.results import SuiteResult
 from qsgt_plugin.attribution.road_imputation import Road, linear_imputation, road
-from qsgt_plugin.attribution.stats import compare, summarise
 from qsgt_plugin.attribution.suite import explanation_suite
 from qsgt_plugin.attribution.views import Comparison, ModelView, compare_views
 
@@ -39,7 +38,6 @@ __all__ = [
     "alpha_figure",
     "attribution_grid",
     "band_figure",
-    "compare",
     "compare_views",
     "deletion_insertion",
     "entropy",
@@ -56,7 +54,6 @@ __all__ = [
     "sensitivity_score",
     "spearman",
     "substrate",
-    "summarise",
     "top_overlap",
     "weight_layers",
 ]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from qsgt_plugin.attribution import SuiteResult, band_figure, explanation_suite, mprt_figure
-from qsgt_plugin.attribution.stats import TEST
 from qsgt_plugin.errors import UsageError
 from qsgt_plugin.report.analyses import (
     accuracy_table,
@@ -32,6 +31,7 @@ from qsgt_plugin.report.analyses import (
 )
 from qsgt_plugin.report.markdown import markdown
 from qsgt_plugin.report.seeds import aggregate, group_runs, pair_groups, pair_tests, scalars
+from qsgt_plugin.report.statistics import TEST
 from qsgt_plugin.run_dir import Run
 from qsgt_plugin.training.data import get_dataset
 

@@ -23,10 +23,16 @@ from dataclasses import dataclass, field
 
 from qsgt_plugin.attribution.faithfulness import auc
 from qsgt_plugin.attribution.results import SuiteResult
-from qsgt_plugin.attribution.stats import summarise
 from qsgt_plugin.errors import QsgtError, UsageError
 from qsgt_plugin.recipe import Recipe, parse_run_recipe
-from qsgt_plugin.report.statistics import ALPHA, hedges_g, hierarchical_bootstrap, holm, welch
+from qsgt_plugin.report.statistics import (
+    ALPHA,
+    hedges_g,
+    hierarchical_bootstrap,
+    holm,
+    summarise,
+    welch,
+)
 from qsgt_plugin.run_dir import Run
 from qsgt_plugin.run_dir.checkpoint import load_checkpoint
 from qsgt_plugin.run_dir.runs import find_checkpoint
