@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from qsgt_plugin.run_dir.results_table import append_to_table
+from results_table import append_to_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_HEADER = "| experiment | measurement | device | date | command |"

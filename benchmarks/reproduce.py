@@ -26,11 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from qsgt_plugin.common.memory import keep_freed_memory
-from qsgt_plugin.recipe import load_recipe
-from qsgt_plugin.run_dir import read_metrics
-from qsgt_plugin.run_dir.results_table import (
+from results_table import (
     ANCHORS,
     QUICK_SUFFIX,
     ResultsTable,
@@ -39,6 +35,10 @@ from qsgt_plugin.run_dir.results_table import (
     ship,
     shipped_dir,
 )
+
+from qsgt_plugin.common.memory import keep_freed_memory
+from qsgt_plugin.recipe import load_recipe
+from qsgt_plugin.run_dir import read_metrics
 from qsgt_plugin.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -67,7 +67,7 @@ MUTANTS = [
     ),
     (
         "the summary counts a seed twice",
-        "qsgt_plugin/run_dir/results_table.py",
+        "benchmarks/results_table.py",
         "            if row.seed in seeds:",
         "            if False:",
         "tests/test_results_table.py::"
@@ -75,7 +75,7 @@ MUTANTS = [
     ),
     (
         "rows go to the end of the file",
-        "qsgt_plugin/run_dir/results_table.py",
+        "benchmarks/results_table.py",
         '    while end < len(rows) and rows[end].startswith("|"):\n        end += 1',
         "    end = len(rows)",
         "tests/test_results_table.py::test_rows_go_in_after_the_last_row_and_come_back_equal",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from results_table import ResultsTable, processor_name
 
 from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.run_dir.results_table import ResultsTable, processor_name
 from qsgt_plugin.training.data import Loader
 from qsgt_plugin.training.loop import train
 from qsgt_plugin.training.step import resolve_auto

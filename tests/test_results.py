@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from results_table import ResultsTable, Row, shipped_dir
 
 from qsgt_plugin.cli import main
 from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.run_dir import load_run
-from qsgt_plugin.run_dir.results_table import ResultsTable, Row, shipped_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,7 @@ import re
 import pytest
 import torch
 import yaml
-
-from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
-from qsgt_plugin.run_dir.results_table import (
+from results_table import (
     QUICK_SUFFIX,
     ResultsTable,
     Row,
@@ -18,6 +16,8 @@ from qsgt_plugin.run_dir.results_table import (
     ship,
     shipped_dir,
 )
+
+from qsgt_plugin.run_dir.checkpoint import load_checkpoint, save_checkpoint
 
 
 def row(experiment: str = "mnist-w4a4-sgt", seed: int = 0, acc: str = "99.50%") -> Row:
