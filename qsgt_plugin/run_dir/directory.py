@@ -110,6 +110,8 @@ class RunDir:
             raise RunDirError("--resume and --overwrite contradict each other; choose one")
         try:
             RunDir._check(path, resume, overwrite)
+        except RunDirError:
+            raise
         except OSError as exc:  # a name too long, a folder that cannot be read, ...
             raise RunDirError(
                 f"cannot write the run to {path}: {exc.strerror or exc}. Choose a writable "
