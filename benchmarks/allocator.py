@@ -26,7 +26,7 @@ import json, resource, sys, time, torch
 torch.set_num_threads(1)
 from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.common.memory import keep_freed_memory
-from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.runs import load_run
 kept = sys.argv[2] == "keep" and keep_freed_memory()
 model, loader = load_run(sys.argv[1]).evaluation()
 if int(sys.argv[3]):

@@ -36,7 +36,7 @@ from qsgt_plugin.quant import model_size_bytes
 from qsgt_plugin.quant.export import export_onnx
 from qsgt_plugin.quant.export.qdq import integer_kernel_report
 from qsgt_plugin.quant.export.writer import agreement, ort_session
-from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.runs import load_run
 from qsgt_plugin.training.build import make_loader
 
 ROOT = Path(__file__).resolve().parents[1]

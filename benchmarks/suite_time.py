@@ -16,7 +16,7 @@ import time
 import torch
 
 from qsgt_plugin.attribution import explanation_suite
-from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.runs import load_run
 from qsgt_plugin.training.data import get_dataset
 
 TARGET_S = 300

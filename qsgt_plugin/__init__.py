@@ -15,7 +15,7 @@ if _cpp_log.level == _logging.NOTSET:
 
 from qsgt_plugin import models  # noqa: F401  (files the CIFAR ResNets in timm's registry)
 from qsgt_plugin.common.memory import keep_freed_memory
-from qsgt_plugin.hookspecs import hookimpl
+from qsgt_plugin.markers import hookimpl
 from qsgt_plugin.plugins import PluginError, convert, get_registry, list_methods, list_models
 from qsgt_plugin.quant import (
     ConversionSummary,

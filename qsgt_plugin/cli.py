@@ -72,7 +72,7 @@ def _launch(args: argparse.Namespace, recipe) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from qsgt_plugin.common.evaluation import evaluate
-    from qsgt_plugin.run_dir import load_run
+    from qsgt_plugin.runs import load_run
     from qsgt_plugin.training.build import resolve_device
 
     run = load_run(args.checkpoint, data_root=args.data_root)
@@ -255,7 +255,7 @@ def _export(args: argparse.Namespace) -> int:
     from qsgt_plugin.quant import model_size_bytes, quantization_disabled
     from qsgt_plugin.quant.export import export_onnx
     from qsgt_plugin.report import check_output
-    from qsgt_plugin.run_dir import load_run
+    from qsgt_plugin.runs import load_run
     from qsgt_plugin.training.build import example_batch, make_loader
 
     run = load_run(args.checkpoint)

@@ -16,18 +16,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import pluggy
+from qsgt_plugin.markers import PROJECT, hookimpl, hookspec
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from qsgt_plugin.common.datasets import Dataset
+    from qsgt_plugin.datasets import Dataset
     from qsgt_plugin.quant.method import QuantMethod, WeightQuantizer
 
-PROJECT = "qsgt_plugin"
-
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
+__all__ = [
+    "PROJECT",
+    "hookimpl",
+    "hookspec",
+    "register_datasets",
+    "register_models",
+    "register_quant_methods",
+    "register_weight_quantizers",
+]
 
 
 @hookspec
@@ -64,6 +69,6 @@ def register_datasets(register: Callable[[Dataset], None]) -> None:
     """Register datasets a recipe can name (``data.dataset: NAME``).
 
     Args:
-        register: call it with a :class:`~qsgt_plugin.common.datasets.Dataset` each; its
+        register: call it with a :class:`~qsgt_plugin.datasets.Dataset` each; its
             ``load`` returns a whole split as uint8 images and int64 labels.
     """

@@ -19,7 +19,7 @@ import timm.models
 from torch import nn
 
 from qsgt_plugin import hookspecs
-from qsgt_plugin.common.datasets import Dataset
+from qsgt_plugin.datasets import Dataset
 from qsgt_plugin.errors import PluginError
 from qsgt_plugin.quant import convert as convert_with
 from qsgt_plugin.quant.method import Catalogue, QuantMethod, WeightQuantizer
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 # Entry-point name -> module, as declared in pyproject.toml.
 BUILTIN_PLUGINS = {
-    "builtin_datasets": "qsgt_plugin.common.datasets",
+    "builtin_datasets": "qsgt_plugin.datasets.mnist_cifar10",
     "builtin_quant": "qsgt_plugin.quant.builtin",
     "resnet_cifar": "qsgt_plugin.models.resnet_cifar",
 }
@@ -189,7 +189,7 @@ def _implementations(pm: pluggy.PluginManager) -> dict[str, list[tuple[str, str,
 _EXPECTED = {
     "quantization method": (QuantMethod, "a qsgt_plugin.QuantMethod"),
     "weight quantizer": (WeightQuantizer, "a qsgt_plugin.WeightQuantizer"),
-    "dataset": (Dataset, "a qsgt_plugin.common.datasets.Dataset"),
+    "dataset": (Dataset, "a qsgt_plugin.datasets.Dataset"),
 }
 
 

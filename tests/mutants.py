@@ -40,8 +40,24 @@ MUTANTS = [
         "quant imports the run directory",
         "qsgt_plugin/quant/conversion.py",
         "from __future__ import annotations\n",
-        "from __future__ import annotations\n\nfrom qsgt_plugin.run_dir import runs  # noqa\n",
+        "from __future__ import annotations\n\nfrom qsgt_plugin.run_dir import weights  # noqa\n",
         "tests/test_layers.py",
+    ),
+    (
+        "a leaf imports a sibling leaf",
+        "qsgt_plugin/sgt/masking.py",
+        "from __future__ import annotations\n",
+        "from __future__ import annotations\n\n"
+        "from qsgt_plugin.models import resnet_cifar  # noqa\n",
+        "tests/test_layers.py::test_every_import_edge_goes_down_the_architecture_rows",
+    ),
+    (
+        "run storage imports training (a cycle)",
+        "qsgt_plugin/run_dir/payload.py",
+        "from __future__ import annotations\n",
+        "from __future__ import annotations\n\n"
+        "from qsgt_plugin.training.data import Loader  # noqa\n",
+        "tests/test_layers.py::test_every_import_edge_goes_down_the_architecture_rows",
     ),
     (
         "quant imports the training package",

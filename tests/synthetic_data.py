@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from qsgt_plugin import hookimpl
-from qsgt_plugin.common.datasets import Dataset
+from qsgt_plugin.datasets import Dataset
 
 NAME = "synthetic"
 

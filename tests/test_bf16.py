@@ -207,7 +207,7 @@ def test_sgt_masks_under_bf16_overlap_the_float32_masks_on_trained_models(
 ):
     """Measured on 500 MNIST test images, mask fraction 0.5 (a random mask overlaps by 0.5):
     W4A4 + SGT 0.881 on average (0.819 at worst), fp32 0.975 (0.941) on 1000 images."""
-    from qsgt_plugin.run_dir import load_run
+    from qsgt_plugin.runs import load_run
 
     loaded = load_run(ROOT / "results" / "mnist" / run)
     sgt = SaliencyGuidedTraining(loaded.model, mask_fraction=0.5)
@@ -230,7 +230,7 @@ def test_sgt_masks_under_bf16_overlap_the_float32_masks_on_trained_models(
 def test_alpha_gradients_of_a_trained_model_under_bf16_point_where_float32_s_do():
     """Every activation in bf16 moves the model's alpha gradients (rounding flips levels), but
     on a trained model they keep their direction: cosine 0.96 on 256 MNIST test images."""
-    from qsgt_plugin.run_dir import load_run
+    from qsgt_plugin.runs import load_run
 
     loaded = load_run(ROOT / "results" / "mnist" / "mnist-w4a4-sgt-s0")
     model = loaded.model.train()

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from qsgt_plugin.common.datasets import CIFAR10, MNIST
+from qsgt_plugin.datasets import CIFAR10, MNIST
 from qsgt_plugin.training.data import (
     DatasetNotFoundError,
     Loader,

@@ -22,8 +22,8 @@ from qsgt_plugin.errors import RecipeError, RunExistsError, TrainingDivergedErro
 from qsgt_plugin.quant import model_size_bytes, quantization_disabled
 from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.report import accuracy_table
-from qsgt_plugin.run_dir import load_run, model_from_checkpoint
 from qsgt_plugin.run_dir.checkpoint import CheckpointError, load_checkpoint
+from qsgt_plugin.runs import load_run, model_from_checkpoint
 from qsgt_plugin.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("synthetic_dataset")
@@ -388,7 +388,7 @@ def test_ema_evaluates_and_saves_the_average(tmp_path):
     assert any("alpha" in k for k in differs) and any("conv" in k for k in differs)
     model = model_from_checkpoint(payload)
     from qsgt_plugin.common.evaluation import evaluate
-    from qsgt_plugin.run_dir import load_run
+    from qsgt_plugin.runs import load_run
 
     run = load_run(result.run_dir / "last.pt")
     assert evaluate(model, run.test_loader())[0] == payload["test_acc"]  # the average was evaluated

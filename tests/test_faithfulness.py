@@ -306,7 +306,7 @@ needs_data = pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DA
 def trained(tmp_path_factory):
     """A float ResNet-20 trained for 150 steps on real MNIST, and 200 test images."""
     from qsgt_plugin.recipe import Recipe
-    from qsgt_plugin.run_dir import load_run
+    from qsgt_plugin.runs import load_run
     from qsgt_plugin.training.loop import train
 
     recipe = Recipe.model_validate(

@@ -71,3 +71,114 @@ def test_quant_does_not_reach_up_to_the_plugin_host():
         }
         assert not {m for m in imported if m in ("qsgt_plugin.plugins", *APP_LAYER)}, path
     assert "qsgt_plugin.quant.conversion" in modules
+
+
+# --- every import edge against ARCHITECTURE.md's rows ---------------------------------------
+
+import ast  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "qsgt_plugin"
+
+
+def architecture_rows(text: str | None = None) -> list[list[str]]:
+    """The parts of each row of ARCHITECTURE.md's layer diagram, top row first, as module
+    prefixes (``qsgt_plugin.report``, ``qsgt_plugin.cli``)."""
+    text = text or (ROOT / "ARCHITECTURE.md").read_text()
+    block = text.split("## The layers", 1)[1].split("```", 2)[1]
+    rows = []
+    for line in block.splitlines():
+        parts = re.findall(r"qsgt_plugin/[\w/]*(?:\.py)?", line)
+        if parts:
+            names = [p.removesuffix(".py").removesuffix("/").replace("/", ".") for p in parts]
+            rows.append([n.removesuffix(".__init__") for n in names])
+    return rows
+
+
+def module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def import_edges() -> list[tuple[str, str, int]]:
+    """``(module, imported module, line)`` for every import of the package in its source,
+    those inside functions and ``TYPE_CHECKING`` blocks included."""
+    edges = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [_imported(node.module, a.name) for a in node.names]
+            else:
+                continue
+            edges += [(source, t, node.lineno) for t in targets if t.startswith("qsgt_plugin")]
+    return edges
+
+
+def _imported(module: str, name: str) -> str:
+    """``from qsgt_plugin import hookspecs`` imports the module ``qsgt_plugin.hookspecs``."""
+    if module == "qsgt_plugin" and (
+        (PACKAGE / name).with_suffix(".py").exists() or (PACKAGE / name).is_dir()
+    ):
+        return f"{module}.{name}"
+    return module
+
+
+def _holds(part: str, module: str) -> bool:
+    # the package's own __init__ is the part "qsgt_plugin", which holds nothing below it
+    return module == part or (part != "qsgt_plugin" and module.startswith(part + "."))
+
+
+def row_of(module: str, rows: list[list[str]]) -> int | None:
+    """The index of the row whose part holds ``module`` (the longest matching prefix)."""
+    best, found = -1, None
+    for index, parts in enumerate(rows):
+        for part in parts:
+            if _holds(part, module) and len(part) > best:
+                best, found = len(part), index
+    return found
+
+
+def part_of(module: str, rows: list[list[str]]) -> str:
+    parts = [p for row in rows for p in row if _holds(p, module)]
+    return max(parts, key=len)
+
+
+def violations(edges, rows) -> list[str]:
+    out = []
+    for source, target, line in edges:
+        a, b = row_of(source, rows), row_of(target, rows)
+        if part_of(source, rows) == part_of(target, rows):
+            continue  # inside one part
+        if b <= a:  # the same row or above: rows are listed top first
+            out.append(f"{source}:{line} imports {target} ({'its own row' if a == b else 'up'})")
+    return out
+
+
+def test_the_diagram_names_every_module_of_the_package():
+    rows = architecture_rows()
+    modules = [module_name(p) for p in PACKAGE.rglob("*.py")]
+    unplaced = sorted(m for m in modules if row_of(m, rows) is None)
+    assert not unplaced, f"modules in no row of ARCHITECTURE.md: {unplaced}"
+
+
+def test_every_import_edge_goes_down_the_architecture_rows():
+    edges = import_edges()
+    assert len(edges) > 200  # the parser does see the package's imports
+    problems = violations(edges, architecture_rows())
+    assert not problems, "\n".join(problems)
+
+
+def test_the_edge_check_catches_an_upward_a_sideways_and_a_circular_import():
+    rows = architecture_rows()
+    planted = [
+        ("qsgt_plugin.sgt.masking", "qsgt_plugin.training.loop", 1),  # up
+        ("qsgt_plugin.sgt.masking", "qsgt_plugin.models.resnet_cifar", 1),  # a sibling leaf
+        ("qsgt_plugin.run_dir.payload", "qsgt_plugin.training.data", 1),  # closes a cycle
+    ]
+    assert len(violations(planted, rows)) == 3
+    assert not violations([("qsgt_plugin.runs", "qsgt_plugin.training.build", 1)], rows)

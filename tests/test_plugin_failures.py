@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qsgt_plugin import QuantMethod, WeightQuantizer, hookimpl
-from qsgt_plugin.common.datasets import Dataset
+from qsgt_plugin.datasets import Dataset
 from qsgt_plugin.errors import DatasetNotFoundError
 from qsgt_plugin.training.data import load_split
 

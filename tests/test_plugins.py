@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from qsgt_plugin import hookimpl
-from qsgt_plugin.common.datasets import Dataset
+from qsgt_plugin.datasets import Dataset
 from qsgt_plugin.plugins import (
     BUILTIN_PLUGINS,
     Registry,

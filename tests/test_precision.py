@@ -26,7 +26,7 @@ from qsgt_plugin.precision import (
 )
 from qsgt_plugin.quant import model_size_bytes
 from qsgt_plugin.recipe import Recipe, parse_recipe
-from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.runs import load_run
 from qsgt_plugin.training.loop import train
 
 # its tests share a module fixture: one worker computes it once (`-n 2`)

@@ -12,7 +12,7 @@ import qsgt_plugin
 from qsgt_plugin.errors import CheckpointError, RecipeError
 from qsgt_plugin.recipe import Recipe, load_recipe
 from qsgt_plugin.report.seeds import _key
-from qsgt_plugin.run_dir.runs import model_from_checkpoint
+from qsgt_plugin.runs import model_from_checkpoint
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])

@@ -13,7 +13,7 @@ from qsgt_plugin.attribution import SuiteResult
 from qsgt_plugin.cli import main
 from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.runs import load_run
 from qsgt_plugin.training.loop import train
 
 pytestmark = [

@@ -20,7 +20,7 @@ from results_table import ResultsTable, Row, shipped_dir
 
 from qsgt_plugin.cli import main
 from qsgt_plugin.common.evaluation import evaluate
-from qsgt_plugin.run_dir import load_run
+from qsgt_plugin.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ from torch import nn
 from qsgt_plugin.errors import UsageError
 from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.report.seeds import group_runs, pair_groups
-from qsgt_plugin.run_dir import Run
 from qsgt_plugin.run_dir.checkpoint import save_checkpoint
+from qsgt_plugin.runs import Run
 
 
 def recipe(seed: int, init_from: str | None = None, sgt: bool = False, lr: float = 0.1) -> Recipe:
@@ -143,7 +143,7 @@ def test_a_run_saved_before_the_precision_keys_pools_with_a_new_seed_pinned_to_w
     # The shipped MNIST seeds 0-2 predate train.precision and train.channels_last (they ran
     # float32, contiguous); new seeds of the pre-registration pin those values. One group.
     from qsgt_plugin.recipe import parse_run_recipe
-    from qsgt_plugin.run_dir import load_run
+    from qsgt_plugin.runs import load_run
 
     shipped = Path(__file__).resolve().parents[1] / "results/mnist/mnist-w4a4-sgt-s0"
     old = load_run(shipped)

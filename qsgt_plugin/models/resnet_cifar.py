@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from qsgt_plugin.common.datasets import CIFAR10_MEAN, CIFAR10_STD
-from qsgt_plugin.hookspecs import hookimpl
+from qsgt_plugin.common.cifar import CIFAR10_MEAN, CIFAR10_STD
+from qsgt_plugin.markers import hookimpl
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "BasicBlock", "CifarResNet"]
 

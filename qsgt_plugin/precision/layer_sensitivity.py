@@ -37,7 +37,7 @@ from qsgt_plugin.precision.units import (
     unit_overrides,
     variant,
 )
-from qsgt_plugin.run_dir import Run
+from qsgt_plugin.runs import Run
 from qsgt_plugin.sgt.masking import ranking, reduce_saliency
 from qsgt_plugin.sgt.saliency import attribute
 

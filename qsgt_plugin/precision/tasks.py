@@ -23,7 +23,7 @@ from qsgt_plugin.precision.mixed import (
 from qsgt_plugin.precision.sensitivity_tables import sensitivity_figure, sensitivity_tables
 from qsgt_plugin.precision.units import FLOAT_BITS, Unit, layer_units, unit_overrides, variant
 from qsgt_plugin.quant import model_size_bytes
-from qsgt_plugin.run_dir import Run
+from qsgt_plugin.runs import Run
 
 __all__ = ["plan_mixed_precision", "write_sensitivity"]
 

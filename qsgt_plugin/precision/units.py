@@ -21,7 +21,7 @@ from qsgt_plugin.quant.conversion import MAX_BITS, MIN_BITS
 from qsgt_plugin.quant.layers import ACTIVATIONS, WEIGHT_LAYERS
 from qsgt_plugin.quant.trace import trace_calls
 from qsgt_plugin.recipe import QuantSection
-from qsgt_plugin.run_dir import Run
+from qsgt_plugin.runs import Run
 from qsgt_plugin.training.build import build_model, calibrate, example_batch
 
 __all__ = ["FLOAT_BITS", "Unit", "check_bits", "layer_units", "unit_overrides", "variant"]

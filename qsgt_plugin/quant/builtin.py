@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qsgt_plugin.hookspecs import hookimpl
+from qsgt_plugin.markers import hookimpl
 from qsgt_plugin.quant.method import Catalogue, QuantMethod, WeightQuantizer
 from qsgt_plugin.quant.pact import PACTActPerTensorFloat, PACTLSQActPerTensorFloat
 from qsgt_plugin.quant.weight import DoReFaWeightPerTensorFloat, IntWeightPerChannelFloat

@@ -27,7 +27,7 @@ from qsgt_plugin.common.evaluation import evaluate
 from qsgt_plugin.common.files import atomic_output
 from qsgt_plugin.errors import UsageError
 from qsgt_plugin.quant import model_size_bytes, quantization_disabled
-from qsgt_plugin.run_dir import Run, load_run
+from qsgt_plugin.runs import Run, load_run
 from qsgt_plugin.sgt import make_attribution
 
 __all__ = [

@@ -32,7 +32,7 @@ from qsgt_plugin.report.analyses import (
 from qsgt_plugin.report.markdown import markdown
 from qsgt_plugin.report.seeds import aggregate, group_runs, pair_groups, pair_tests, scalars
 from qsgt_plugin.report.statistics import TEST
-from qsgt_plugin.run_dir import Run
+from qsgt_plugin.runs import Run
 from qsgt_plugin.training.data import get_dataset
 
 __all__ = ["build_report", "run_suite"]

@@ -33,9 +33,9 @@ from qsgt_plugin.report.statistics import (
     summarise,
     welch,
 )
-from qsgt_plugin.run_dir import Run
+from qsgt_plugin.run_dir import find_checkpoint
 from qsgt_plugin.run_dir.checkpoint import load_checkpoint
-from qsgt_plugin.run_dir.runs import find_checkpoint
+from qsgt_plugin.runs import Run
 
 __all__ = ["NOT_THE_MODEL", "PAIRED", "Group", "group_runs", "pair_groups", "scalars", "sgt_kept"]
 

@@ -9,7 +9,6 @@ from torch import nn
 
 from qsgt_plugin.errors import CheckpointError
 from qsgt_plugin.recipe import Recipe
-from qsgt_plugin.training.data import Loader
 
 __all__ = ["load_weights", "model_config", "restore_training", "training_payload"]
 
@@ -19,16 +18,17 @@ def training_payload(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader: Loader,
+    loader_rng: torch.Tensor,
     progress: dict[str, Any],
     evaluated: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Everything a run needs to continue exactly, and what ``load_run`` reads.
 
+    ``loader_rng`` is the training loader's generator state (its shuffles and augmentation).
     ``model`` holds the weights the evaluation used: ``evaluated`` (the weight average) when
     given, with the trained weights beside it as ``train_model``.
     """
-    rng = {"torch": torch.get_rng_state(), "loader": loader.generator.get_state()}
+    rng = {"torch": torch.get_rng_state(), "loader": loader_rng}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     payload = {
@@ -60,16 +60,17 @@ def restore_training(
     payload: dict[str, Any],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader: Loader,
+    loader_generator: torch.Generator,
 ) -> dict[str, Any]:
-    """Load the rest of what :func:`training_payload` saved; returns the saved progress."""
+    """Load the rest of what :func:`training_payload` saved (the training loader's generator
+    state into ``loader_generator``); returns the saved progress."""
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     rng = payload["rng"]
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    loader.generator.set_state(rng["loader"])
+    loader_generator.set_state(rng["loader"])
     return payload["progress"]
 
 

@@ -1,6 +1,6 @@
 """The datasets a recipe names, held as uint8 tensors and batched in tensors.
 
-Datasets come from plugins (:mod:`qsgt_plugin.common.datasets`: MNIST and CIFAR-10 built in,
+Datasets come from plugins (:mod:`qsgt_plugin.datasets`: MNIST and CIFAR-10 built in,
 any other through the ``register_datasets`` hook); :func:`load_split` checks what a plugin
 returns before anything trains on it.
 
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from qsgt_plugin.common.datasets import FLIPS, Dataset, find_root
+from qsgt_plugin.datasets import FLIPS, Dataset, find_root
 from qsgt_plugin.errors import DatasetNotFoundError, QsgtError, RecipeError
 from qsgt_plugin.plugins import get_registry
 

@@ -209,7 +209,8 @@ def _setup(recipe: Recipe, dd: Distributed, resume: bool) -> Session:
     scheduler = make_scheduler(optimizer, recipe.schedule, total_steps)
     progress = Progress()
     if payload:
-        progress = Progress(**restore_training(payload, optimizer, scheduler, train_loader))
+        saved = restore_training(payload, optimizer, scheduler, train_loader.generator)
+        progress = Progress(**saved)
         apply_resume_changes(changes, recipe, optimizer, scheduler)
     meters = {k: Meter(device, progress.meters.get(k)) for k in ("interval", "epoch")}
     return Session(
@@ -360,7 +361,8 @@ def _save(s: Session, name: str) -> None:
     p.elapsed = time.time() - s.started
     p.meters = {"interval": s.interval.state(), "epoch": s.epoch_meter.state()}
     payload = training_payload(
-        s.recipe, s.model, s.optimizer, s.scheduler, s.train_loader, asdict(p),
+        s.recipe, s.model, s.optimizer, s.scheduler, s.train_loader.generator.get_state(),
+        asdict(p),
         evaluated=s.ema.module if s.ema is not None else None,
     )  # fmt: skip
     s.run.save(name, {**payload, "test_acc": p.test_acc})

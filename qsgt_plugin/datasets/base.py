@@ -1,4 +1,4 @@
-"""Datasets as plugins: what a dataset plugin registers, and MNIST and CIFAR-10 built in.
+"""Datasets as plugins: what a dataset plugin registers (a :class:`Dataset`).
 
 A dataset is a :class:`Dataset`: the shape, normalisation and default augmentation of its
 images, and a ``load`` that returns a whole split as uint8 tensors. A plugin registers one with
@@ -28,29 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import Tensor
 
 from qsgt_plugin.errors import DatasetNotFoundError
-from qsgt_plugin.hookspecs import hookimpl
 
-__all__ = [
-    "CIFAR10",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "MNIST",
-    "Dataset",
-    "TorchvisionDataset",
-    "find_root",
-    "register_datasets",
-]
+__all__ = ["FLIPS", "Dataset", "TorchvisionDataset", "find_root"]
 
 DEFAULT_ROOT = Path("~/.cache/qsgt/data").expanduser()
 FLIPS = ("none", "random", "alternate")
-
-# CIFAR-10's training-set channel statistics: the loader's and the CIFAR models' timm cfg.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 @dataclass(frozen=True)
@@ -193,43 +178,3 @@ def find_root(root: str | os.PathLike | None = None) -> tuple[Path, str, bool]:
     if os.environ.get("QSGT_DATA"):
         return Path(os.environ["QSGT_DATA"]).expanduser(), "QSGT_DATA", False
     return DEFAULT_ROOT, "the default cache", True
-
-
-MNIST = TorchvisionDataset(
-    "mnist",
-    shape=(1, 28, 28),
-    mean=(0.1307,),
-    std=(0.3081,),
-    train_size=60_000,
-    cls=torchvision.datasets.MNIST,
-    folder="MNIST/raw",
-    # the uncompressed files' published md5s
-    files={
-        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-    },
-)
-CIFAR10 = TorchvisionDataset(
-    "cifar10",
-    shape=(3, 32, 32),
-    mean=CIFAR10_MEAN,
-    std=CIFAR10_STD,
-    train_size=50_000,
-    padding=4,
-    flip="random",
-    cls=torchvision.datasets.CIFAR10,
-    folder="cifar-10-batches-py",
-    files={
-        **dict(torchvision.datasets.CIFAR10.train_list),
-        **dict(torchvision.datasets.CIFAR10.test_list),
-        "batches.meta": torchvision.datasets.CIFAR10.meta["md5"],
-    },
-)
-
-
-@hookimpl
-def register_datasets(register) -> None:
-    register(MNIST)
-    register(CIFAR10)
