@@ -25,8 +25,20 @@ from qsgt_plugin.runs import load_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# CI re-evaluates every run of the study's table as it stood before the pre-registered seeds
+# (seeds 0-2 and the single-seed rows) and the first pre-registered seed of each experiment
+# (seed 3): each added seed makes the check longer. QSGT_ALL_RESULTS=1 re-evaluates every row
+# (README, "Tests").
+ALL = os.environ.get("QSGT_ALL_RESULTS") == "1"
+
+
 def rows() -> list[Row]:
     return ResultsTable(ROOT / "RESULTS.md").rows()
+
+
+def checked() -> list[Row]:
+    """The rows the shipped-weights tests re-evaluate: all of them, or CI's sample."""
+    return rows() if ALL else [r for r in rows() if r.seed <= 3]
 
 
 def shipped(row: Row) -> Path:
@@ -49,7 +61,7 @@ def test_every_row_ships_its_weights_and_every_shipped_run_has_a_row():
 @pytest.mark.parametrize(
     "row",
     # the quantized rows: in the export test below, which evaluates them once for both checks
-    [r for r in rows() if r.method == "fp32"],
+    [r for r in checked() if r.method == "fp32"],
     ids=lambda r: f"{r.experiment}-s{r.seed}",
 )
 def test_shipped_float_weights_reach_the_stated_accuracy(row):
@@ -63,7 +75,7 @@ def test_shipped_float_weights_reach_the_stated_accuracy(row):
 @pytest.mark.skipif(not os.environ.get("QSGT_DATA"), reason="QSGT_DATA not set")
 @pytest.mark.parametrize(
     "row",
-    [r for r in rows() if r.method != "fp32"],
+    [r for r in checked() if r.method != "fp32"],
     ids=lambda r: f"{r.experiment}-s{r.seed}",
 )
 def test_shipped_quantized_weights_export_and_predict_the_same_on_the_test_set(row, tmp_path):
