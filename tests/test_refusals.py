@@ -95,7 +95,9 @@ def test_a_corrupt_line_inside_the_metrics_log_is_named_not_dropped_silently(tmp
     from qsgt_plugin.run_dir import read_metrics
 
     log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 1}\nnot json\n{"step": 3}\n{"step": 4, "cut sh')
+    log.write_text(
+        '{"kind": "train", "step": 1}\nnot json\n{"kind": "eval", "step": 3}\n{"step": 4, "cut sh'
+    )
     with caplog.at_level("WARNING"):
         records = read_metrics(log)
     assert [r["step"] for r in records] == [1, 3]

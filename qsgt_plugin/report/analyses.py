@@ -89,7 +89,7 @@ def check_output(path: Path, folder: bool = False) -> Path:
     A file is written as a temporary file beside it, then renamed (``atomic_output``); that
     is tried here, in the folder it will be written to, so that a read-only or virtual
     filesystem, a name too long, a missing permission or a file in the way of a folder is one
-    line naming the reason. Folders this creates for the probe are removed again if it fails.
+    line naming the reason. Folders this creates for the probe are removed again.
 
     ``folder``: the output is a folder (it may exist); else a file, which an existing folder
     cannot be.
@@ -125,11 +125,12 @@ def _probe(path: Path, folder: bool) -> None:
         fd, probe = tempfile.mkstemp(prefix=f".{name.stem}-", suffix=name.suffix, dir=target)
         os.close(fd)
         os.unlink(probe)
-    except OSError:
+    finally:
+        # the writer makes its folders when it writes: a command refused after this check
+        # (a seed given twice, a run with no clipping levels) leaves nothing behind
         for made in created:  # innermost first
             with contextlib.suppress(OSError):
                 made.rmdir()
-        raise
 
 
 def check_method(method: str, runs: list[Run]) -> None:
