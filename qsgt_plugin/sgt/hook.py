@@ -204,7 +204,7 @@ def _why_no_image(args: tuple, kwargs: dict) -> str:
 
 
 def _why_no_logits(output: Any) -> str:
-    shapes = [tuple(t.shape) for t in _floating(output)]
+    shapes = [tuple(t.shape) for _, t in _tensors(output, dims=None)]
     if shapes:
         return (
             f"the model's output holds no (N, classes) logits, only tensors shaped {shapes}; SGT "
@@ -220,11 +220,6 @@ def _describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"{'x'.join(map(str, value.shape))} {str(value.dtype).removeprefix('torch.')}"
     return type(value).__name__
-
-
-def _floating(output: Any) -> Iterator[Tensor]:
-    for _, tensor in _tensors(output, dims=None):
-        yield tensor
 
 
 def _tensors(output: Any, path: tuple = (), dims: int | None = 2) -> Iterator[tuple[tuple, Tensor]]:

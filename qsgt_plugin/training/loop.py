@@ -172,9 +172,9 @@ def _setup(recipe: Recipe, dd: Distributed, resume: bool) -> Session:
     device = dd.device(resolve_device(recipe.train.device))
     run = RunDir(Path(recipe.output.dir), writer=dd.main)
     payload = run.resume_payload() if resume else None
-    started = parse_run_recipe(payload["recipe"]).train if payload else None
-    recipe = resolve_speed(recipe, device, started)  # the run records what "auto" meant
-    changes = resume_changes(payload["recipe"], recipe) if payload else None
+    saved = parse_run_recipe(payload["recipe"]) if payload else None  # parsed once
+    recipe = resolve_speed(recipe, device, saved.train if saved else None)  # what auto meant
+    changes = resume_changes(saved, recipe) if saved else None
     torch.manual_seed(recipe.train.seed)
     fast = recipe.train.fast_path is not False  # auto: on
     layout = dict(fast=fast, channels_last=recipe.train.channels_last)
@@ -209,8 +209,8 @@ def _setup(recipe: Recipe, dd: Distributed, resume: bool) -> Session:
     scheduler = make_scheduler(optimizer, recipe.schedule, total_steps)
     progress = Progress()
     if payload:
-        saved = restore_training(payload, optimizer, scheduler, train_loader.generator)
-        progress = Progress(**saved)
+        restored = restore_training(payload, optimizer, scheduler, train_loader.generator)
+        progress = Progress(**restored)
         apply_resume_changes(changes, recipe, optimizer, scheduler)
     meters = {k: Meter(device, progress.meters.get(k)) for k in ("interval", "epoch")}
     return Session(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from qsgt_plugin.errors import RecipeError
-from qsgt_plugin.recipe import Recipe, parse_run_recipe
+from qsgt_plugin.recipe import Recipe
 from qsgt_plugin.training.build import check_recipe
 
 __all__ = ["RESUMABLE", "apply_resume_changes", "resume_changes"]
@@ -42,13 +42,14 @@ RESUMABLE = (
 """Keys (and, ending in a dot, sections) that ``--resume`` may change."""
 
 
-def resume_changes(saved: dict[str, Any], recipe: Recipe) -> dict[str, list]:
-    """``{key: [saved value, new value]}`` of every key that differs from the saved recipe.
+def resume_changes(saved: Recipe, recipe: Recipe) -> dict[str, list]:
+    """``{key: [saved value, new value]}`` of every key that differs from the saved recipe
+    (as :func:`~qsgt_plugin.recipe.parse_run_recipe` reads a checkpoint's).
 
     Raises:
         RecipeError: a key that may not change on resume, named with both values.
     """
-    before = _flat(check_recipe(parse_run_recipe(saved)).model_dump())
+    before = _flat(check_recipe(saved).model_dump())
     after = _flat(recipe.model_dump())
     changed = {k: [before.get(k), after.get(k)] for k in sorted(before.keys() | after.keys())}
     changed = {k: v for k, v in changed.items() if v[0] != v[1]}
